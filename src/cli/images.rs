@@ -1,0 +1,9 @@
+//! `eskrun images`.
+
+/// Not written yet.
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<i32> {
+    anyhow::bail!("eskrun images is not implemented yet")
+}

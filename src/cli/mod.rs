@@ -1,0 +1,71 @@
+//! Command-line layer: parses arguments and calls the stages. No logic of its own lives here.
+
+use clap::{Parser, Subcommand};
+
+mod images;
+mod login;
+mod logout;
+mod prune;
+mod pull;
+mod rmi;
+
+#[derive(Parser)]
+#[command(
+    name = "eskrun",
+    version,
+    about = "Daemonless, rootless container runner",
+    propagate_version = true
+)]
+struct Cli {
+    /// Log what eskrun does (same as ESKRUN_LOG=debug).
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Pull(pull::Args),
+    Images(images::Args),
+    Rmi(rmi::Args),
+    Prune(prune::Args),
+    Login(login::Args),
+    Logout(logout::Args),
+}
+
+/// Runs the command line and returns the process exit code. Errors are printed as one line:
+/// the whole context chain, outermost first.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.debug);
+    let result = match cli.command {
+        Command::Pull(args) => pull::run(args),
+        Command::Images(args) => images::run(args),
+        Command::Rmi(args) => rmi::run(args),
+        Command::Prune(args) => prune::run(args),
+        Command::Login(args) => login::run(args),
+        Command::Logout(args) => logout::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("eskrun: {err:#}");
+            125
+        }
+    }
+}
+
+fn init_logging(debug: bool) {
+    let filter = if debug {
+        tracing_subscriber::EnvFilter::new("eskrun=debug")
+    } else {
+        tracing_subscriber::EnvFilter::try_from_env("ESKRUN_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+}

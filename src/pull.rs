@@ -1,0 +1,1 @@
+//! One image from registry to cache.

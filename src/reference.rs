@@ -1,0 +1,1 @@
+//! Image references with Docker's normalisation rules.
