@@ -11,5 +11,7 @@ pub mod dirs;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod runtime;
+pub mod spec;
 pub mod store;
 pub mod unpack;

@@ -8,6 +8,7 @@ mod logout;
 mod prune;
 mod pull;
 mod rmi;
+mod run;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +33,7 @@ enum Command {
     Prune(prune::Args),
     Login(login::Args),
     Logout(logout::Args),
+    Run(run::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed as one line:
@@ -46,6 +48,7 @@ pub fn main() -> i32 {
         Command::Prune(args) => prune::run(args),
         Command::Login(args) => login::run(args),
         Command::Logout(args) => logout::run(args),
+        Command::Run(args) => run::run(args),
     };
     match result {
         Ok(code) => code,
@@ -61,7 +64,11 @@ fn init_logging(debug: bool) {
         tracing_subscriber::EnvFilter::new("eskrun=debug")
     } else {
         tracing_subscriber::EnvFilter::try_from_env("ESKRUN_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+            // libcontainer logs every cgroup controller and seccomp on each run, and its failures
+            // come back as errors anyway; --debug shows them.
+            .unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,libcontainer=off,libcgroups=off")
+            })
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

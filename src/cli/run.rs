@@ -1,0 +1,146 @@
+//! `eskrun run [OPTIONS] IMAGE [COMMAND [ARG...]]`, with Docker's flags.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::runtime::{self, UsernsMode};
+use crate::spec::{self, Network, RunOptions};
+
+/// Run a command in a new container (foreground; the exit code is the container's).
+#[derive(clap::Args)]
+#[command(trailing_var_arg = true)]
+pub struct Args {
+    /// Bind mount SRC:DST[:ro] (a relative SRC is from the current directory).
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    volumes: Vec<String>,
+    /// Mount: type=bind,src=SRC,dst=DST[,readonly] or type=tmpfs,dst=DST.
+    #[arg(long = "mount", value_name = "SPEC")]
+    mounts: Vec<String>,
+    /// Set an environment variable (K=V), or pass K from eskrun's environment.
+    #[arg(short = 'e', long = "env", value_name = "K[=V]")]
+    env: Vec<String>,
+    /// Read environment variables from a file (K=V lines).
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_files: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// User: NAME|UID[:GROUP|GID].
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Override the image's ENTRYPOINT ("" clears it).
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// Keep stdin open for the container.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a pseudo-terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Name of the container.
+    #[arg(long)]
+    name: Option<String>,
+    /// Container hostname.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Mount the container's root read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// host (default), none, or private (ports published with -p).
+    #[arg(long, default_value = "host", value_parser = ["host", "none", "private"])]
+    network: String,
+    /// Mount a tmpfs: DST[:OPTIONS].
+    #[arg(long = "tmpfs", value_name = "DST[:OPTS]")]
+    tmpfs: Vec<String>,
+    /// User namespace: "" (map you to the container's user) or keep-id (keep your own ids).
+    #[arg(long, default_value = "", value_parser = ["", "keep-id", "auto"])]
+    userns: String,
+    /// Publish a port: [IP:]HOST:CONTAINER[/PROTO] (needs --network private).
+    #[arg(short = 'p', long = "publish", value_name = "PORTS")]
+    publish: Vec<String>,
+    /// Run from these unpacked layer trees (lowest first) instead of a cached image.
+    #[arg(long = "layer", value_name = "DIR", hide = true)]
+    layers: Vec<PathBuf>,
+    /// The image configuration (JSON) for --layer.
+    #[arg(
+        long = "image-config",
+        value_name = "FILE",
+        hide = true,
+        requires = "layers"
+    )]
+    image_config: Option<PathBuf>,
+    /// The image to run.
+    image: String,
+    /// Command and arguments (replace the image's CMD).
+    command: Vec<String>,
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let mut mounts = Vec::new();
+    for v in &args.volumes {
+        mounts.push(spec::parse_volume(v, &cwd)?);
+    }
+    for m in &args.mounts {
+        mounts.push(spec::parse_mount(m, &cwd)?);
+    }
+    for t in &args.tmpfs {
+        mounts.push(spec::parse_tmpfs(t)?);
+    }
+    if !args.publish.is_empty() {
+        anyhow::bail!("-p/--publish is not supported yet: the container shares the host's network (the default), so its ports are already reachable");
+    }
+    let options = RunOptions {
+        entrypoint: args.entrypoint,
+        command: args.command,
+        env: spec::collect_env(&args.env_files, &args.env)?,
+        workdir: args.workdir,
+        user: args.user,
+        mounts,
+        read_only: args.read_only,
+        hostname: args.hostname,
+        tty: args.tty,
+        network: match args.network.as_str() {
+            "none" => Network::None,
+            "private" => Network::Private,
+            _ => Network::Host,
+        },
+    };
+    let (image, layers) = if args.layers.is_empty() {
+        anyhow::bail!(
+            "image {}: running cached images is not wired yet",
+            args.image
+        )
+    } else {
+        let config = match &args.image_config {
+            Some(f) => serde_json::from_slice(&fs_err::read(f)?)
+                .with_context(|| format!("reading image configuration {}", f.display()))?,
+            None => oci_spec::image::ImageConfiguration::default(),
+        };
+        (
+            config,
+            args.layers
+                .iter()
+                .map(|l| fs_err::canonicalize(l))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+    };
+    runtime::run(runtime::Request {
+        image,
+        layers,
+        options,
+        name: args.name,
+        interactive: args.interactive,
+        remove: args.rm,
+        reuse: false,
+        userns: if args.userns == "keep-id" {
+            UsernsMode::KeepId
+        } else {
+            UsernsMode::Auto
+        },
+    })
+}

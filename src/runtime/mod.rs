@@ -1,0 +1,216 @@
+//! Runs one container in the foreground through youki's libcontainer (unpatched 0.7).
+//!
+//! The order matters and is the point of this module: everything that needs no namespace is
+//! decided first (spec, ids), then, while eskrun is still single-threaded, it enters its own
+//! namespaces ([`userns`]), cleans up after killed eskruns ([`stale`]), mounts the overlay
+//! root ([`rootfs`]), hands libcontainer a bundle and waits in the foreground ([`io`]).
+
+mod io;
+mod record;
+mod rootfs;
+mod stale;
+pub mod userns;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use oci_spec::image::ImageConfiguration;
+
+use crate::spec::{self, Network, RunOptions};
+pub use record::libcontainer_root;
+use record::{start_time, ContainerDir, Record};
+pub use userns::UsernsMode;
+
+/// One container to run.
+pub struct Request {
+    pub image: ImageConfiguration,
+    /// The image's layer trees, lowest first.
+    pub layers: Vec<PathBuf>,
+    pub options: RunOptions,
+    /// `--name`; a random id when absent.
+    pub name: Option<String>,
+    /// `-i`: the container reads eskrun's stdin.
+    pub interactive: bool,
+    /// `--rm`: nothing is left when the container ends.
+    pub remove: bool,
+    /// Reuse the writable layer of an earlier container of this name (`eskrun up`).
+    pub reuse: bool,
+    pub userns: UsernsMode,
+}
+
+/// The directory holding all containers' directories.
+pub fn containers_dir() -> PathBuf {
+    crate::dirs::state_dir().join("containers")
+}
+
+/// Runs the container in the foreground and returns its exit code (128+N when signal N
+/// killed it). Must be called while the process is single-threaded.
+pub fn run(req: Request) -> Result<i32> {
+    let id = random_id()?;
+    let name = req.name.clone().unwrap_or_else(|| id.clone());
+    check_name(&name)?;
+    let default_hostname = match req.options.network {
+        Network::Host => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+        _ => id.clone(),
+    };
+    let plan = spec::plan(&req.image, &req.layers, &req.options, &default_hostname)?;
+    let identity = userns::plan(plan.user.uid, plan.user.gid, req.userns)?;
+
+    let containers = containers_dir();
+    fs_err::create_dir_all(&containers)?;
+    // Before the user namespace: it decides by the host uid and checks ownership in host ids.
+    let lc_root = libcontainer_root()?;
+    let stale = stale::find_and_kill(&containers);
+    userns::enter(&identity)?;
+    stale::finish(stale, &lc_root);
+
+    let path = containers.join(&name);
+    let dir = ContainerDir::try_lock(&path)?.with_context(|| {
+        format!("the container name {name:?} is in use by a running eskrun: choose another --name")
+    })?;
+    if dir.read()?.is_some() && !req.reuse {
+        bail!("a container named {name:?} already exists: remove it with `eskrun down {name}` or choose another --name");
+    }
+    let mut record = Record {
+        id: id.clone(),
+        remove: req.remove,
+        init: None,
+    };
+    dir.write(&record)?;
+
+    let result = run_in(&req, &plan, &identity, &dir, &mut record, &lc_root);
+    // The mount namespace dies with eskrun, but the directory cannot be removed through it.
+    let _ = nix::mount::umount2(&dir.path.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+    stale::delete_state(&lc_root.join(&id));
+    if req.remove {
+        fs_err::remove_dir_all(&dir.path).context("removing the container (--rm)")?;
+    } else {
+        record.init = None;
+        dir.write(&record)?;
+    }
+    result
+}
+
+fn run_in(
+    req: &Request,
+    plan: &spec::Plan,
+    identity: &userns::Identity,
+    dir: &ContainerDir,
+    record: &mut Record,
+    lc_root: &Path,
+) -> Result<i32> {
+    let p = |s: &str| dir.path.join(s);
+    for d in ["upper", "work", "rootfs", "empty"] {
+        fs_err::create_dir_all(p(d))?;
+    }
+    rootfs::mount_overlay(
+        &req.layers,
+        &p("upper"),
+        &p("work"),
+        &p("empty"),
+        &p("rootfs"),
+    )?;
+    rootfs::ensure_dir(&p("rootfs"), &plan.cwd)?;
+
+    let etc_files = write_etc_files(&dir.path, &plan.hostname, req.options.network)?;
+    let oci = spec::to_oci(
+        plan,
+        &req.options,
+        &spec::Host {
+            rootless: identity.is_rootless(),
+            mapped_gids: identity.mapped_gids(),
+            rootfs: &p("rootfs"),
+            cgroups_path: format!("/eskrun/{}", record.id),
+            etc_files: &etc_files,
+        },
+    )?;
+    oci.save(p("config.json"))
+        .context("writing the container's config.json")?;
+
+    let tty = req.options.tty;
+    let mut builder = ContainerBuilder::new(record.id.clone(), SyscallType::default())
+        .with_root_path(lc_root)
+        .context("libcontainer's state directory")?;
+    let console = if tty {
+        let (socket, path) = io::ConsoleSocket::bind(&dir.path)?;
+        builder = builder.with_console_socket(Some(path));
+        Some(socket)
+    } else {
+        let stdio = io::passthrough(req.interactive)?;
+        builder = builder
+            .with_stdin(stdio.stdin)
+            .with_stdout(stdio.stdout)
+            .with_stderr(stdio.stderr);
+        None
+    };
+    let mut container = builder
+        .as_init(&dir.path)
+        .with_systemd(false)
+        .with_detach(tty)
+        .build()
+        .map_err(|e| anyhow::anyhow!("creating the container: {e}"))?;
+    io::block_signals()?;
+    let pid = container
+        .pid()
+        .context("libcontainer did not report the container's init")?;
+    record.init = start_time(pid.as_raw()).map(|t| (pid.as_raw(), t));
+    dir.write(record)?;
+
+    let master = console.map(io::ConsoleSocket::receive).transpose()?;
+    let _raw = match master {
+        Some(_) => io::RawTerminal::enter(),
+        None => None,
+    };
+    container
+        .start()
+        .map_err(|e| anyhow::anyhow!("starting the container: {e}"))?;
+    io::wait(pid, master, req.interactive)
+}
+
+/// /etc/hosts, /etc/hostname and /etc/resolv.conf for the container, as Docker provides them:
+/// the host's hosts and resolv.conf with the host network, a minimal hosts file otherwise.
+fn write_etc_files(
+    dir: &Path,
+    hostname: &str,
+    network: Network,
+) -> Result<Vec<(PathBuf, &'static str)>> {
+    let hosts = match network {
+        Network::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        _ => format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
+    };
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let files = [
+        ("hosts", hosts, "/etc/hosts"),
+        ("hostname", format!("{hostname}\n"), "/etc/hostname"),
+        ("resolv.conf", resolv, "/etc/resolv.conf"),
+    ];
+    let mut out = Vec::new();
+    for (file, content, dst) in files {
+        let path = dir.join(file);
+        fs_err::write(&path, content)?;
+        out.push((path, dst));
+    }
+    Ok(out)
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !ok {
+        bail!("invalid container name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit");
+    }
+    Ok(())
+}
+
+fn random_id() -> Result<String> {
+    let mut b = [0u8; 6];
+    std::io::Read::read_exact(&mut fs_err::File::open("/dev/urandom")?, &mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}

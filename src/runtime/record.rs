@@ -1,0 +1,104 @@
+//! A container's directory under `state_dir()/containers/<name>/`: its bundle (`config.json`,
+//! the `rootfs` mount point, /etc files), its writable layer (`upper`, `work`), `container.json`
+//! and `lock`, held by the eskrun that runs it. A container whose lock nobody holds and whose
+//! `container.json` exists was left by an eskrun that died.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+/// What `container.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// libcontainer's id (its state lives under [`libcontainer_root`]).
+    pub id: String,
+    /// `--rm`: everything goes when the container ends.
+    pub remove: bool,
+    /// The running init: pid and start time (/proc/PID/stat field 22), so a recycled pid is
+    /// never taken for it.
+    pub init: Option<(i32, u64)>,
+}
+
+/// A container directory, locked by this process.
+pub struct ContainerDir {
+    pub path: PathBuf,
+    _lock: Flock<std::fs::File>,
+}
+
+impl ContainerDir {
+    /// Locks `path` (creating it) if no running eskrun holds it.
+    pub fn try_lock(path: &Path) -> Result<Option<Self>> {
+        fs_err::create_dir_all(path)?;
+        let file = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join("lock"))?
+            .into_parts()
+            .0;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(ContainerDir {
+                path: path.to_path_buf(),
+                _lock: lock,
+            })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => {
+                Err(e).with_context(|| format!("locking {}", path.join("lock").display()))
+            }
+        }
+    }
+
+    pub fn read(&self) -> Result<Option<Record>> {
+        let file = self.path.join("container.json");
+        match std::fs::read(&file) {
+            Ok(b) => Ok(Some(
+                serde_json::from_slice(&b)
+                    .with_context(|| format!("reading {}", file.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+        }
+    }
+
+    pub fn write(&self, record: &Record) -> Result<()> {
+        let tmp = self.path.join("container.json.tmp");
+        fs_err::write(&tmp, serde_json::to_vec(record)?)?;
+        fs_err::rename(&tmp, self.path.join("container.json"))?;
+        Ok(())
+    }
+}
+
+/// Where libcontainer keeps its state: `$XDG_RUNTIME_DIR/eskrun`, else `/run/eskrun` for
+/// root and `/tmp/eskrun-UID` (checked to be ours, mode 0700) for anyone else.
+pub fn libcontainer_root() -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let uid = nix::unistd::getuid().as_raw();
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d).join("eskrun"),
+        None if uid == 0 => PathBuf::from("/run/eskrun"),
+        None => PathBuf::from(format!("/tmp/eskrun-{uid}")),
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+    let meta = fs_err::symlink_metadata(&dir)?;
+    if !meta.is_dir() || meta.uid() != uid {
+        bail!(
+            "{} is not a directory owned by you: remove it or set XDG_RUNTIME_DIR",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// Start time of `pid` (clock ticks since boot), `None` when it is gone.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
