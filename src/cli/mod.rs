@@ -33,7 +33,7 @@ enum Command {
     Prune(prune::Args),
     Login(login::Args),
     Logout(logout::Args),
-    Run(run::Args),
+    Run(Box<run::Args>),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed as one line:
@@ -48,7 +48,7 @@ pub fn main() -> i32 {
         Command::Prune(args) => prune::run(args),
         Command::Login(args) => login::run(args),
         Command::Logout(args) => logout::run(args),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -125,7 +125,7 @@ pub fn run(args: Args) -> Result<i32> {
             config,
             args.layers
                 .iter()
-                .map(|l| fs_err::canonicalize(l))
+                .map(fs_err::canonicalize)
                 .collect::<Result<Vec<_>, _>>()?,
         )
     };

@@ -90,9 +90,9 @@ pub fn plan(uid: u32, gid: u32, mode: UsernsMode) -> Result<Identity> {
                     "--userns=keep-id needs a subordinate id range (/etc/subuid and /etc/subgid for this user, and newuidmap) to give the container's user {uid}:{gid} an id; without one, run it as yourself with --user {host_uid}:{host_gid}"
                 );
             }
-            note_once(&format!(
+            note_once(
                 "eskrun: no /etc/subuid range for this user: only the container's user is mapped, so files the image gives to other users show as owned by it and it cannot switch users (ask for a range: usermod --add-subuids/--add-subgids)"
-            ));
+            );
             Ok(Identity::Rootless {
                 uids: vec![IdRange {
                     inside: uid_at,

@@ -1,0 +1,470 @@
+//! `eskrun run` with real containers through libcontainer, as root and as unprivileged users
+//! (with and without subordinate ids). Needs root (to create the users), busybox-static,
+//! uidmap (newuidmap/newgidmap), util-linux (setpriv, script).
+
+#[path = "common/rootless.rs"]
+mod rootless;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::process::{Child, Command, Stdio};
+
+use rootless::{Who, World, ALL};
+use serde_json::json;
+
+fn output(mut cmd: Command) -> (i32, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sh_image(w: &World) -> std::path::PathBuf {
+    w.image_config(json!({"Cmd": ["sh"]}))
+}
+
+/// Reads the child's stdout until a line equal to `want` arrives.
+fn wait_for_line(child: &mut Child, want: &str) -> BufReader<std::process::ChildStdout> {
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "eskrun ended before printing {want:?}"
+        );
+        if line.trim_end() == want {
+            return out;
+        }
+    }
+}
+
+fn children(pid: u32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn exit_codes_and_image_layers() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        let (code, out, err) = output(w.run(
+            &img,
+            &[
+                "--rm",
+                "img",
+                "sh",
+                "-c",
+                "cat /etc/added; test -e /etc/removed || echo gone; exit 3",
+            ],
+        ));
+        assert_eq!((code, out.as_str()), (3, "upper\ngone\n"), "{who:?}: {err}");
+        let (code, _, err) = output(w.run(&img, &["--rm", "img", "true"]));
+        assert_eq!(code, 0, "{who:?}: {err}");
+    }
+}
+
+#[test]
+fn killed_by_signal_gives_128_plus_n() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        let mut child = w
+            .run(
+                &img,
+                &["--rm", "img", "sh", "-c", "echo ready; exec sleep 1000"],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _out = wait_for_line(&mut child, "ready");
+        let init = children(child.id());
+        assert_eq!(init.len(), 1, "{who:?}: eskrun's children {init:?}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(init[0]),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(137), "{who:?}");
+    }
+}
+
+#[test]
+fn signals_reach_the_container() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        let script =
+            "trap 'exit 7' TERM; trap 'exit 8' INT; echo ready; while :; do sleep 0.1; done";
+        for (sig, code) in [
+            (nix::sys::signal::Signal::SIGTERM, 7),
+            (nix::sys::signal::Signal::SIGINT, 8),
+        ] {
+            let mut child = w
+                .run(&img, &["--rm", "img", "sh", "-c", script])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let _out = wait_for_line(&mut child, "ready");
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+            assert_eq!(child.wait().unwrap().code(), Some(code), "{who:?} {sig}");
+        }
+    }
+}
+
+#[test]
+fn image_config_rules() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = w.image_config(json!({
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["echo $FOO $HOME $HOSTNAME; pwd; id -u; id -g"],
+            "Env": ["FOO=bar"],
+            "WorkingDir": "/work/dir",
+            "User": "esdev",
+        }));
+        let (code, out, err) = output(w.run(&img, &["--rm", "--hostname", "box", "img"]));
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "bar /home/esdev box\n/work/dir\n1000\n1000\n"),
+            "{who:?}: {err}"
+        );
+
+        let (code, out, err) = output(w.run(
+            &img,
+            &[
+                "--rm",
+                "-e",
+                "FOO=baz",
+                "-w",
+                "/tmp",
+                "-u",
+                "0:0",
+                "--hostname",
+                "box",
+                "img",
+            ],
+        ));
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "baz /root box\n/tmp\n0\n0\n"),
+            "{who:?}: {err}"
+        );
+
+        let (code, out, err) =
+            output(w.run(&img, &["--rm", "--entrypoint", "/bin/echo", "img", "hi"]));
+        assert_eq!((code, out.as_str()), (0, "hi\n"), "{who:?}: {err}");
+
+        let (code, out, err) = output(w.run(&img, &["--rm", "img", "echo $PATH"]));
+        assert_eq!(
+            (code, out.as_str()),
+            (
+                0,
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+            ),
+            "{who:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn bind_mount_files_belong_to_the_host_user() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = w.image_config(json!({"Cmd": ["sh"], "User": "esdev"}));
+        let src = w.user_dir("src");
+        std::fs::write(src.join("in"), "from host").unwrap();
+        let (code, out, err) = output(w.run(
+            &img,
+            &[
+                "--rm",
+                "-v",
+                "./src:/opt/src",
+                "img",
+                "sh",
+                "-c",
+                "cat /opt/src/in; echo written > /opt/src/out; mkdir /opt/src/d",
+            ],
+        ));
+        assert_eq!((code, out.as_str()), (0, "from host"), "{who:?}: {err}");
+        for f in ["out", "d"] {
+            let meta = std::fs::metadata(src.join(f)).unwrap();
+            assert_eq!(meta.uid(), w.host_uid(1000), "{who:?}: owner of {f}");
+        }
+        let (code, _, err) = output(w.run(
+            &img,
+            &[
+                "--rm",
+                "--mount",
+                "type=bind,src=src,dst=/ro,readonly",
+                "img",
+                "sh",
+                "-c",
+                "touch /ro/x",
+            ],
+        ));
+        assert_ne!(code, 0, "{who:?}: a read-only mount was writable: {err}");
+    }
+}
+
+#[test]
+fn rm_leaves_nothing_and_named_containers_stay() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        let name = format!("keep-{}", std::process::id());
+        let (code, _, err) = output(w.run(&img, &["--rm", "img", "sh", "-c", "echo x > /file"]));
+        assert_eq!(code, 0, "{who:?}: {err}");
+        let containers = w.path("state/containers");
+        assert_eq!(
+            std::fs::read_dir(&containers).unwrap().count(),
+            0,
+            "{who:?}"
+        );
+        let (code, _, err) = output(w.run(
+            &img,
+            &["--name", &name, "img", "sh", "-c", "echo x > /file"],
+        ));
+        assert_eq!(code, 0, "{who:?}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(containers.join(&name).join("upper/file")).unwrap(),
+            "x\n"
+        );
+        let (code, _, err) = output(w.run(&img, &["--name", &name, "img", "true"]));
+        assert_eq!(code, 125, "{who:?}");
+        assert!(err.contains("already exists"), "{err}");
+        assert!(!w.libcontainer_root().join(&name).exists());
+    }
+}
+
+#[test]
+fn stdout_to_dev_null_file_and_pipe() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        let script = "echo out || exit 9; echo err >&2 || exit 10";
+        let status = w
+            .run(&img, &["--rm", "img", "sh", "-c", script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{who:?}: writing to /dev/null failed"
+        );
+
+        let file = w.path("out.txt");
+        let f = std::fs::File::create(&file).unwrap();
+        let status = w
+            .run(&img, &["--rm", "img", "sh", "-c", script])
+            .stdout(f)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "{who:?}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "out\n");
+
+        let (code, out, err) = output(w.run(&img, &["--rm", "img", "sh", "-c", script]));
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (0, "out\n", "err\n"),
+            "{who:?}"
+        );
+
+        // -i passes stdin through; without it the container reads nothing.
+        let mut child = w
+            .run(&img, &["--rm", "-i", "img", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"piped in\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "piped in\n",
+            "{who:?}"
+        );
+    }
+}
+
+#[test]
+fn two_containers_of_one_image_at_once() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        w.user_dir("shared");
+        let meet = |me: &str, other: &str| {
+            format!("touch /s/{me}; while [ ! -e /s/{other} ]; do sleep 0.05; done; echo met")
+        };
+        let a = w
+            .run(
+                &img,
+                &[
+                    "--rm",
+                    "-v",
+                    "./shared:/s",
+                    "img",
+                    "sh",
+                    "-c",
+                    &meet("a", "b"),
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let b = w
+            .run(
+                &img,
+                &[
+                    "--rm",
+                    "-v",
+                    "./shared:/s",
+                    "img",
+                    "sh",
+                    "-c",
+                    &meet("b", "a"),
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        for c in [a, b] {
+            let out = c.wait_with_output().unwrap();
+            assert_eq!(
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout).as_ref()
+                ),
+                (Some(0), "met\n"),
+                "{who:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tty_session_through_a_pseudo_terminal() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        // script(1) gives eskrun a real terminal; what we type goes through eskrun's relay.
+        let cmd = w.run(&img, &["--rm", "-it", "img", "sh"]);
+        let inner = format!(
+            "{} {}",
+            shell_quote(cmd.get_program().to_str().unwrap()),
+            cmd.get_args()
+                .map(|a| shell_quote(a.to_str().unwrap()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut script = Command::new("script");
+        script.args(["-qec", &inner, "/dev/null"]);
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => script.env(k, v),
+                None => script.env_remove(k),
+            };
+        }
+        script.current_dir(cmd.get_current_dir().unwrap());
+        let mut child = script
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(
+            &mut child.stdin.take().unwrap(),
+            b"tty; test -t 0 && echo is-a-tty; echo $((6*7)) $TERM; exit 5\n",
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("is-a-tty"), "{who:?}: {text}");
+        assert!(text.contains("42 xterm"), "{who:?}: {text}");
+        assert_eq!(out.status.code(), Some(5), "{who:?}: {text}");
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[test]
+fn a_killed_eskrun_is_cleaned_up_by_the_next_one() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        let name = format!("stale-{}", std::process::id());
+        let mut child = w
+            .run(
+                &img,
+                &[
+                    "--rm",
+                    "--name",
+                    &name,
+                    "img",
+                    "sh",
+                    "-c",
+                    "echo ready; exec sleep 1000",
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _out = wait_for_line(&mut child, "ready");
+        let init = children(child.id());
+        assert_eq!(init.len(), 1, "{who:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            std::path::Path::new(&format!("/proc/{}", init[0])).exists(),
+            "the container should outlive eskrun"
+        );
+        let (code, _, err) = output(w.run(&img, &["--rm", "img", "true"]));
+        assert_eq!(code, 0, "{who:?}: {err}");
+        let gone = std::fs::read_to_string(format!("/proc/{}/stat", init[0]))
+            .map_or(true, |s| s.contains(") Z "));
+        assert!(gone, "{who:?}: the stale container's init still runs");
+        assert!(!w.path("state/containers").join(&name).exists(), "{who:?}");
+        assert_eq!(
+            std::fs::read_dir(w.path("state/containers"))
+                .unwrap()
+                .count(),
+            0,
+            "{who:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_gives_one_clear_line() {
+    for who in [Who::Root, Who::Subids] {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        let (code, _, err) = output(w.run(
+            &img,
+            &["--rm", "-v", "/nonexistent-eskrun-src:/x", "img", "true"],
+        ));
+        assert_eq!(code, 125);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("eskrun: mount source /nonexistent-eskrun-src does not exist"),
+            "{err}"
+        );
+        let (code, _, err) = output(w.run(&img, &["--rm", "-u", "nosuchuser", "img", "true"]));
+        assert_eq!(code, 125);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("unable to find user nosuchuser"), "{err}");
+        let (code, _, err) = output(w.run(&img, &["--rm", "img", "/no/such/binary"]));
+        assert_ne!(code, 0);
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
