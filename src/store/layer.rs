@@ -91,7 +91,10 @@ impl LayerWriter {
 
     /// Publishes the layer: records its metadata, then renames it into place.
     pub fn commit(mut self, meta: &LayerMeta) -> Result<PathBuf> {
-        write_atomic(&self.tmp.join("layer.json"), &serde_json::to_vec_pretty(meta)?)?;
+        write_atomic(
+            &self.tmp.join("layer.json"),
+            &serde_json::to_vec_pretty(meta)?,
+        )?;
         fs_err::rename(&self.tmp, &self.dest)
             .with_context(|| format!("cannot publish layer {}", meta.digest))?;
         self.committed = true;

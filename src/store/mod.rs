@@ -103,19 +103,18 @@ impl Store {
     /// The complete image a ref record points to, or an error saying what is missing.
     pub fn image(&self, record: &RefRecord) -> Result<Image> {
         let manifest = self.manifest(&record.manifest_digest)?;
-        let config_path = self.blob_path(BlobKind::Config, &manifest.config().digest().to_string())?;
-        let config = oci_spec::image::ImageConfiguration::from_file(&config_path).with_context(
-            || {
+        let config_path = self.blob_path(BlobKind::Config, manifest.config().digest().as_ref())?;
+        let config =
+            oci_spec::image::ImageConfiguration::from_file(&config_path).with_context(|| {
                 format!(
                     "image {}: cannot read its config {}",
                     record.reference,
                     config_path.display()
                 )
-            },
-        )?;
+            })?;
         let mut layers = Vec::new();
         for layer in manifest.layers() {
-            let dir = self.layer_dir(&layer.digest().to_string())?;
+            let dir = self.layer_dir(layer.digest().as_ref())?;
             if !dir.is_dir() {
                 bail!(
                     "image {}: layer {} is missing from the cache; pull the image again",
