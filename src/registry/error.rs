@@ -284,20 +284,18 @@ impl Context {
     }
 }
 
-/// The rustls error behind a failed request, if TLS is what failed. rustls' error is wrapped
-/// in an `io::Error`, whose `source()` skips it, so look inside each io error.
+/// The rustls error behind a failed request, if TLS is what failed. It sits inside nested
+/// `io::Error`s, whose `source()` skips what they wrap, so descend through `get_ref()`.
 pub(crate) fn find_rustls<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return Some(tls);
-            }
-        }
-        cur = e.source();
+        cur = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
     }
     None
 }

@@ -249,7 +249,7 @@ where
         match op().await {
             Err(err) if err.is_transient() && tries < TRIES => {
                 tracing::debug!("retrying after: {err}");
-                tokio::time::sleep(Duration::from_millis(500 << tries)).await;
+                tokio::time::sleep(Duration::from_millis(250 << tries)).await;
             }
             Err(RegistryError::Server {
                 host,
