@@ -727,3 +727,86 @@ async fn docker_hub_mirrors_are_tried_in_order() {
         layer(17, 99)
     );
 }
+
+/// Proxy variables are read from the environment: they are set only in a child process
+/// (this test binary running [`proxy_child`]), never in this process where other tests run.
+#[tokio::test]
+async fn https_proxy_and_no_proxy_are_honoured() {
+    let reg = TestRegistry::start(Mode::Tls);
+    let pushed = reg
+        .push_image(
+            "proxied/app",
+            "1",
+            &ImageSpec::new(Format::Oci, vec![layer(18, 5000)]),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("certs.d").join(&reg.host);
+    std::fs::create_dir_all(&ca_dir).unwrap();
+    std::fs::copy(reg.ca.as_ref().unwrap(), ca_dir.join("ca.crt")).unwrap();
+    // The proxy's own upstream is unused: CONNECT names the target.
+    let proxy = FaultProxy::start(reg.addr());
+
+    let run_child = |no_proxy: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "proxy_child", "--ignored", "--nocapture"])
+            .env(
+                "ESKRUN_TEST_CHILD",
+                format!(
+                    "{}|{}|{}",
+                    reg.host,
+                    dir.path().display(),
+                    pushed.manifest_digest
+                ),
+            )
+            .env("HTTPS_PROXY", format!("http://{}", proxy.host))
+            .env("NO_PROXY", no_proxy)
+            .env_remove("https_proxy")
+            .env_remove("no_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "child failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    run_child("");
+    let tunnels = proxy.requests();
+    assert!(
+        tunnels
+            .iter()
+            .any(|r| r.starts_with(&format!("CONNECT {}", reg.host))),
+        "{tunnels:?}"
+    );
+
+    let before = proxy.requests().len();
+    run_child("127.0.0.1");
+    assert_eq!(
+        proxy.requests().len(),
+        before,
+        "NO_PROXY host went through the proxy"
+    );
+}
+
+#[tokio::test]
+#[ignore = "run by https_proxy_and_no_proxy_are_honoured, in a child process with proxy variables"]
+async fn proxy_child() {
+    let spec =
+        std::env::var("ESKRUN_TEST_CHILD").expect("run by https_proxy_and_no_proxy_are_honoured");
+    let parts: Vec<&str> = spec.split('|').collect();
+    let (host, dir, digest) = (parts[0], Path::new(parts[1]), parts[2]);
+    let client = client(dir);
+    let img = image(host, "proxied/app:1");
+    let resolved = client.resolve(&img, &amd64()).await.unwrap();
+    assert_eq!(resolved.manifest_digest, digest);
+    let d = &resolved.manifest.layers[0];
+    assert_eq!(
+        read_blob(&client, &img, &d.digest, 5000).await,
+        layer(18, 5000)
+    );
+}

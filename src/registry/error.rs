@@ -182,7 +182,7 @@ impl Context {
                 {
                     self.denied()
                 } else if codes.contains(&&OciErrorCode::Toomanyrequests) {
-                    self.rate_limited(None)
+                    self.rate_limited(&message)
                 } else {
                     RegistryError::Other {
                         image,
@@ -192,7 +192,7 @@ impl Context {
                 }
             }
             OciDistributionError::ServerError { code, message, .. } => {
-                self.status_error(code, &message, None)
+                self.status_error(code, &message)
             }
             OciDistributionError::DigestError(err) => match err {
                 oci_client::errors::DigestError::VerificationError { expected, actual } => {
@@ -218,15 +218,15 @@ impl Context {
         }
     }
 
-    /// An HTTP status that is not a success, with the body's text and a Retry-After value.
-    pub fn status_error(&self, code: u16, body: &str, retry_after: Option<&str>) -> RegistryError {
+    /// An HTTP status that is not a success, with the body's text.
+    fn status_error(&self, code: u16, body: &str) -> RegistryError {
         match code {
             401 | 403 => self.denied(),
             404 => RegistryError::NotFound {
                 image: self.image.clone(),
                 host: self.host.clone(),
             },
-            429 => self.rate_limited(retry_after),
+            429 => self.rate_limited(body),
             _ => RegistryError::Server {
                 host: self.host.clone(),
                 status: code,
@@ -244,11 +244,18 @@ impl Context {
         }
     }
 
-    fn rate_limited(&self, retry_after: Option<&str>) -> RegistryError {
-        let when = match retry_after.map(str::trim) {
-            Some(secs) if secs.parse::<u64>().is_ok() => format!("retry in {secs} seconds"),
-            Some(date) if !date.is_empty() => format!("retry after {date}"),
-            _ => "wait a while and retry".into(),
+    /// `said` is the registry's own message (Docker Hub's tells the limit). The Retry-After
+    /// header would say when to retry, but oci-client 0.18 drops the headers of failed
+    /// responses.
+    fn rate_limited(&self, said: &str) -> RegistryError {
+        let said = one_line(said);
+        let when = if said.is_empty() || said.starts_with('{') {
+            "wait a while and retry".to_string()
+        } else {
+            format!(
+                "the registry says \"{}\"; wait a while and retry",
+                short_body(&said)
+            )
         };
         RegistryError::RateLimited {
             host: self.host.clone(),

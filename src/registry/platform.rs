@@ -82,37 +82,34 @@ impl Platform {
         image: &str,
         entries: &[ImageIndexEntry],
     ) -> Result<String, RegistryError> {
-        let described = |e: &ImageIndexEntry| {
-            e.platform.as_ref().map(|p| {
-                (
-                    p.os.to_string(),
-                    p.architecture.to_string(),
-                    p.variant.clone(),
-                )
-            })
-        };
-        let candidates: Vec<(&ImageIndexEntry, (String, String, Option<String>))> = entries
+        let described: Vec<(&ImageIndexEntry, Platform)> = entries
             .iter()
-            .filter_map(|e| described(e).map(|d| (e, d)))
-            .filter(|(_, (os, arch, variant))| self.matches(os, arch, variant.as_deref()))
+            .filter_map(|e| {
+                e.platform.as_ref().map(|p| {
+                    let platform = Platform {
+                        os: p.os.to_string(),
+                        architecture: p.architecture.to_string(),
+                        variant: p.variant.clone(),
+                    };
+                    (e, platform)
+                })
+            })
+            .collect();
+        let candidates: Vec<&(&ImageIndexEntry, Platform)> = described
+            .iter()
+            .filter(|(_, p)| self.matches(&p.os, &p.architecture, p.variant.as_deref()))
             .collect();
         let exact = candidates
             .iter()
-            .find(|(_, (_, _, variant))| variant.is_some() && *variant == self.variant);
-        if let Some((entry, _)) = exact.or(candidates.first()) {
+            .find(|(_, p)| p.variant.is_some() && p.variant == self.variant);
+        if let Some((entry, _)) = exact.or(candidates.first()).copied() {
             return Ok(entry.digest.clone());
         }
-        let mut available: Vec<String> = entries
+        let mut available: Vec<String> = described
             .iter()
-            .filter_map(described)
-            .map(|(os, arch, variant)| Platform {
-                os,
-                architecture: arch,
-                variant,
-            })
             // Attestation manifests in BuildKit images say unknown/unknown: no platform.
-            .filter(|p| p.os != "unknown")
-            .map(|p| p.to_string())
+            .filter(|(_, p)| p.os != "unknown")
+            .map(|(_, p)| p.to_string())
             .collect();
         available.dedup();
         if available.is_empty() {

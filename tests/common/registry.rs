@@ -733,7 +733,9 @@ pub enum Fault {
     CutAfter(usize),
 }
 
-/// A plain-HTTP proxy in front of a plain-HTTP registry that applies queued faults.
+/// A plain-HTTP proxy in front of a plain-HTTP registry that applies queued faults. It also
+/// serves as an HTTP(S) proxy for clients configured with `HTTP_PROXY`/`HTTPS_PROXY`
+/// (absolute-form requests and `CONNECT` tunnels), logging what went through it.
 pub struct FaultProxy {
     /// `127.0.0.1:PORT`: use it as the registry part of references.
     pub host: String,
@@ -758,6 +760,9 @@ impl FaultProxy {
                 request.target,
                 request.header("range").unwrap_or("")
             ));
+            if request.method == "CONNECT" {
+                return tunnel(client, &request.target);
+            }
             let fault = {
                 let mut faults = f.lock().unwrap();
                 let pos = faults
@@ -855,4 +860,27 @@ fn forward(client: &mut TcpStream, request: &Request, upstream: SocketAddr, cut:
     }
     let _ = client.flush();
     let _ = client.shutdown(Shutdown::Both);
+}
+
+/// A `CONNECT host:port` tunnel: bytes copied both ways until either side closes.
+fn tunnel(mut client: TcpStream, target: &str) {
+    let Ok(server) = TcpStream::connect(target) else {
+        return respond(&mut client, 502, &[], b"cannot connect");
+    };
+    if client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .is_err()
+    {
+        return;
+    }
+    let (mut client_in, mut server_out) =
+        (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let upload = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_in, &mut server_out);
+        let _ = server_out.shutdown(Shutdown::Write);
+    });
+    let (mut server_in, mut client_out) = (server, client);
+    let _ = std::io::copy(&mut server_in, &mut client_out);
+    let _ = client_out.shutdown(Shutdown::Both);
+    let _ = upload.join();
 }
