@@ -24,7 +24,7 @@ pub struct Config {
     /// speak TLS.
     pub insecure_registries: Vec<String>,
     /// Pull-through mirrors, tried in order before the registry itself. Keyed by the
-    /// registry's name in references; only `docker.io` is used (as Docker does).
+    /// registry's name in references (`docker.io` for Docker Hub, the usual case).
     pub mirrors: BTreeMap<String, Vec<String>>,
 }
 

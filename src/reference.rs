@@ -62,11 +62,6 @@ impl ImageRef {
         }
     }
 
-    /// Whether the image lives on Docker Hub, the only registry mirrors apply to.
-    pub fn is_docker_hub(&self) -> bool {
-        self.registry() == DOCKER_HUB
-    }
-
     pub fn repository(&self) -> &str {
         self.0.repository()
     }
@@ -212,7 +207,6 @@ mod tests {
         assert_eq!(r.repository(), "kave/eskapade-env");
         assert_eq!(r.tag(), Some("0.7"));
         assert_eq!(r.digest(), None);
-        assert!(r.is_docker_hub());
     }
 
     #[test]
@@ -233,7 +227,6 @@ mod tests {
         assert_eq!(r.registry_host(), "localhost:5000");
         assert_eq!(r.repository(), "team/tools/app");
         assert_eq!(r.tag(), Some("1.2.3"));
-        assert!(!r.is_docker_hub());
         assert_eq!(parse("127.0.0.1:5000/app").tag(), Some("latest"));
         assert_eq!(parse("registry.example/app").registry(), "registry.example");
         assert_eq!(parse("localhost/app").registry(), "localhost");

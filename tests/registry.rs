@@ -512,6 +512,18 @@ async fn unreachable_registry_names_the_host() {
         "{msg}"
     );
     assert!(msg.to_lowercase().contains("refused"), "{msg}");
+
+    // A name that does not resolve (.invalid never does).
+    let err = client(dir.path())
+        .head_digest(&image("nosuch.invalid:5000", "x/y:1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("cannot reach registry nosuch.invalid:5000: "),
+        "{msg}"
+    );
 }
 
 #[tokio::test]

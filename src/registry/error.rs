@@ -47,6 +47,9 @@ pub enum RegistryError {
         ca_path: PathBuf,
     },
 
+    #[error("bad CA certificate file {}: {detail}", path.display())]
+    BadCertificate { path: PathBuf, detail: String },
+
     #[error("image {image} uses the legacy Docker schema 1 manifest format, which eskrun does not support: push the image again with a current docker/podman/buildah")]
     Schema1 { image: String },
 

@@ -32,16 +32,15 @@ pub(crate) fn ca_certificates(
             .collect();
         files.sort();
         for file in files {
-            let bad = |detail: String| RegistryError::Tls {
-                host: host.to_string(),
+            let bad = |detail: String| RegistryError::BadCertificate {
+                path: file.clone(),
                 detail,
-                ca_path: file.clone(),
             };
             let pem = fs_err::read(&file).map_err(|e| bad(e.to_string()))?;
             match reqwest::Certificate::from_pem_bundle(&pem) {
                 Ok(certs) if !certs.is_empty() => {}
-                Ok(_) => return Err(bad(format!("{} holds no PEM certificate", file.display()))),
-                Err(e) => return Err(bad(format!("{}: {e}", file.display()))),
+                Ok(_) => return Err(bad("no PEM certificate in it".into())),
+                Err(e) => return Err(bad(e.to_string())),
             }
             pems.push(pem);
         }
@@ -71,6 +70,12 @@ mod tests {
         let msg = ca_certificates(&dirs, "other.example")
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("broken.crt"), "{msg}");
+        assert_eq!(
+            msg,
+            format!(
+                "bad CA certificate file {}: no PEM certificate in it",
+                certs.join("other.example/broken.crt").display()
+            )
+        );
     }
 }

@@ -1,9 +1,9 @@
 //! One connection setup per registry host: HTTPS with the host's extra CAs, or plain HTTP for
 //! local and insecure registries that do not speak TLS, and the credentials to present.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -16,6 +16,9 @@ use super::{tls, token, Options, RegistryError};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest silence inside one response; a stalled blob transfer is then resumed.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pull tokens commonly live 5 minutes (Docker Hub's); a long pull fetches a new one before
+/// then, since oci-client cannot renew a token it was handed.
+const PULL_TOKEN_REFRESH: Duration = Duration::from_secs(240);
 
 /// A registry host, ready to talk to.
 pub(crate) struct Endpoint {
@@ -27,7 +30,8 @@ pub(crate) struct Endpoint {
     pub auth: RegistryAuth,
     /// An OAuth2 refresh token, exchanged for a pull token per repository (see `ready`).
     identity_token: Option<String>,
-    repositories_with_token: tokio::sync::Mutex<HashSet<String>>,
+    /// When each repository's pull token was fetched.
+    pull_tokens: tokio::sync::Mutex<HashMap<String, Instant>>,
 }
 
 impl Endpoint {
@@ -92,7 +96,7 @@ impl Endpoint {
             scheme,
             auth,
             identity_token,
-            repositories_with_token: Default::default(),
+            pull_tokens: Default::default(),
         })
     }
 
@@ -104,8 +108,11 @@ impl Endpoint {
         let Some(refresh) = &self.identity_token else {
             return Ok(());
         };
-        let mut done = self.repositories_with_token.lock().await;
-        if done.contains(image.repository()) {
+        let mut fetched = self.pull_tokens.lock().await;
+        if fetched
+            .get(image.repository())
+            .is_some_and(|at| at.elapsed() < PULL_TOKEN_REFRESH)
+        {
             return Ok(());
         }
         let access = token::exchange_identity_token(self, refresh, image.repository(), ctx).await?;
@@ -117,7 +124,7 @@ impl Endpoint {
             )
             .await
             .map_err(|e| ctx.error(e))?;
-        done.insert(image.repository().to_string());
+        fetched.insert(image.repository().to_string(), Instant::now());
         Ok(())
     }
 
@@ -154,5 +161,59 @@ async fn speaks_tls(http: &reqwest::Client, host: &str) -> bool {
             find_rustls(&err),
             Some(tls) if !matches!(tls, rustls::Error::InvalidCertificate(_))
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn options(insecure: bool, config: &str) -> Options {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        fs_err::write(&path, config).unwrap();
+        Options {
+            config: Config::load_from(&path).unwrap(),
+            certs_dirs: vec![],
+            docker: super::super::DockerConfig {
+                path: dir.path().join("config.json"),
+                helper_path: Default::default(),
+            },
+            insecure,
+        }
+    }
+
+    #[test]
+    fn plain_http_only_for_local_or_insecure_registries() {
+        let opts = options(
+            false,
+            "insecure_registries = [\"lab.example:5000\", \"10.1.2.3\"]",
+        );
+        for host in [
+            "localhost:5000",
+            "localhost",
+            "127.0.0.1:5000",
+            "127.8.9.10",
+            "[::1]:5000",
+        ] {
+            assert!(may_use_plain_http(&opts, host), "{host}");
+        }
+        for host in ["lab.example:5000", "10.1.2.3:443", "10.1.2.3"] {
+            assert!(may_use_plain_http(&opts, host), "{host}");
+        }
+        for host in [
+            "lab.example:5001",
+            "registry-1.docker.io",
+            "10.1.2.4",
+            "[::2]:5000",
+            "localhost.example",
+        ] {
+            assert!(!may_use_plain_http(&opts, host), "{host}");
+        }
+        assert!(may_use_plain_http(
+            &options(true, ""),
+            "registry-1.docker.io"
+        ));
     }
 }
