@@ -175,10 +175,15 @@ impl Context {
                         OciErrorCode::ManifestUnknown
                             | OciErrorCode::NameUnknown
                             | OciErrorCode::NotFound
-                            | OciErrorCode::BlobUnknown
                     )
                 }) {
                     RegistryError::NotFound { image, host }
+                } else if codes.contains(&&OciErrorCode::BlobUnknown) {
+                    RegistryError::Other {
+                        image,
+                        host,
+                        detail: "the registry lacks a blob the image's manifest lists (BLOB_UNKNOWN): the image is broken there, push it again".into(),
+                    }
                 } else if codes
                     .iter()
                     .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
