@@ -276,7 +276,7 @@ async fn basic_auth_from_docker_config_and_denied_without() {
     assert_eq!(
         msg,
         format!(
-            "access to {img} denied by {0}: run `eskrun login {0}` if it needs credentials",
+            "access to {img} denied by {0}: check the name, or run `eskrun login {0}` if it needs credentials",
             reg.host
         )
     );

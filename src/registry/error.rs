@@ -11,9 +11,9 @@ pub enum RegistryError {
     #[error("image {image} not found on {host}: check the name and tag")]
     NotFound { image: String, host: String },
 
-    #[error(
-        "access to {image} denied by {host}: run `eskrun login {registry}` if it needs credentials"
-    )]
+    /// Docker Hub also answers this way for a repository that does not exist, so the
+    /// message names both causes, as Docker's does.
+    #[error("access to {image} denied by {host}: check the name, or run `eskrun login {registry}` if it needs credentials")]
     Denied {
         image: String,
         host: String,
