@@ -171,7 +171,7 @@ async fn manifest_list_and_oci_index_choose_the_platform() {
             .push_image(
                 repo,
                 "arm",
-                &ImageSpec::new(format, vec![layer(11, 100)]).arch("arm64"),
+                &ImageSpec::new(format, vec![layer(11, 100)]).arch("arm64/v8"),
             )
             .await;
         let index = reg
@@ -821,4 +821,44 @@ async fn proxy_child() {
         read_blob(&client, &img, &d.digest, 5000).await,
         layer(18, 5000)
     );
+}
+
+#[tokio::test]
+async fn compressed_layers_stream_as_pushed() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let tar = layer(19, 30_000);
+    let layers = vec![
+        Layer::gzip(&tar),
+        Layer::zstd(&tar),
+        Layer::plain(tar.clone()),
+    ];
+    let pushed = reg
+        .push_image(
+            "comp/app",
+            "1",
+            &ImageSpec::with_layers(Format::Oci, layers.clone()),
+        )
+        .await;
+    let client = client(reg.dir());
+    let img = image(&reg.host, "comp/app:1");
+    let resolved = client.resolve(&img, &amd64()).await.unwrap();
+    let types: Vec<&str> = resolved
+        .manifest
+        .layers
+        .iter()
+        .map(|l| l.media_type.as_str())
+        .collect();
+    assert_eq!(types, [OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_LAYER_TAR]);
+    let config: serde_json::Value = serde_json::from_slice(&resolved.config_raw).unwrap();
+    assert_eq!(config["rootfs"]["diff_ids"][0], sha256(&tar));
+    for ((desc, layer), digest) in resolved
+        .manifest
+        .layers
+        .iter()
+        .zip(&layers)
+        .zip(&pushed.layer_digests)
+    {
+        assert_eq!(&desc.digest, digest);
+        assert!(read_blob(&client, &img, &desc.digest, layer.blob.len()).await == layer.blob);
+    }
 }

@@ -22,11 +22,14 @@ use sha2::{Digest, Sha256};
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 /// The user the basic-auth and token-auth registries know, and the one allowed to push.
 pub const USER: &str = "tester";
@@ -304,29 +307,34 @@ impl TestRegistry {
         sha256(body)
     }
 
-    /// Pushes a single-platform image made of `layers` (uncompressed tar bytes or anything
-    /// else: the registry does not look inside) and tags it.
+    /// Pushes a single-platform image and tags it (`tag` may also be a digest-less name
+    /// such as "latest").
     pub async fn push_image(&self, repo: &str, tag: &str, image: &ImageSpec) -> PushedImage {
-        let config_raw = serde_json::to_vec(&serde_json::json!({
+        let mut config = serde_json::json!({
             "architecture": image.architecture,
             "os": "linux",
-            "config": {"Cmd": ["/bin/sh"]},
+            "config": image.config,
             "rootfs": {
                 "type": "layers",
-                "diff_ids": image.layers.iter().map(|l| sha256(l)).collect::<Vec<_>>(),
+                "diff_ids": image.layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
             },
-        }))
-        .unwrap();
-        let (config_type, layer_type) = match image.format {
-            Format::Docker => (DOCKER_CONFIG, DOCKER_LAYER_GZIP),
-            Format::Oci | Format::OciNoMediaType => (OCI_CONFIG, OCI_LAYER_TAR),
+        });
+        if let Some(variant) = &image.variant {
+            config["variant"] = variant.as_str().into();
+        }
+        let config_raw = serde_json::to_vec(&config).unwrap();
+        let config_type = match image.format {
+            Format::Docker => DOCKER_CONFIG,
+            Format::Oci | Format::OciNoMediaType => OCI_CONFIG,
         };
         let config_digest = self.push_blob(repo, &config_raw).await;
         let mut layers = Vec::new();
         for layer in &image.layers {
-            let digest = self.push_blob(repo, layer).await;
+            let digest = self.push_blob(repo, &layer.blob).await;
             layers.push(serde_json::json!({
-                "mediaType": layer_type, "digest": digest, "size": layer.len(),
+                "mediaType": layer.media_type(image.format),
+                "digest": digest,
+                "size": layer.blob.len(),
             }));
         }
         let mut manifest = serde_json::json!({
@@ -351,6 +359,7 @@ impl TestRegistry {
             media_type: media_type.to_string(),
             config_digest,
             config_raw,
+            layer_digests: image.layers.iter().map(|l| sha256(&l.blob)).collect(),
         }
     }
 
@@ -412,26 +421,118 @@ impl Drop for TestRegistry {
     }
 }
 
-/// What [`TestRegistry::push_image`] builds.
+/// What [`TestRegistry::push_image`] builds. The test layers' digests are what the registry
+/// knows; diff_ids come from the uncompressed tar.
 #[derive(Clone, Debug)]
 pub struct ImageSpec {
     pub format: Format,
     pub architecture: String,
-    pub layers: Vec<Vec<u8>>,
+    pub variant: Option<String>,
+    /// The image config's `config` object (Env, Entrypoint, Cmd, User, WorkingDir, ...).
+    pub config: serde_json::Value,
+    pub layers: Vec<Layer>,
 }
 
 impl ImageSpec {
+    /// An amd64 image whose layers are uncompressed blobs (the registry does not look
+    /// inside them; use [`ImageSpec::with_layers`] for compressed tar layers).
     pub fn new(format: Format, layers: Vec<Vec<u8>>) -> ImageSpec {
+        Self::with_layers(format, layers.into_iter().map(Layer::plain).collect())
+    }
+
+    pub fn with_layers(format: Format, layers: Vec<Layer>) -> ImageSpec {
         ImageSpec {
             format,
             architecture: "amd64".into(),
+            variant: None,
+            config: serde_json::json!({"Cmd": ["/bin/sh"]}),
             layers,
         }
     }
 
+    /// `amd64`, or with a variant: `arm64/v8`.
     pub fn arch(mut self, architecture: &str) -> ImageSpec {
-        self.architecture = architecture.into();
+        let (arch, variant) = match architecture.split_once('/') {
+            Some((arch, variant)) => (arch, Some(variant.to_string())),
+            None => (architecture, None),
+        };
+        self.architecture = arch.into();
+        self.variant = variant;
         self
+    }
+
+    pub fn config(mut self, config: serde_json::Value) -> ImageSpec {
+        self.config = config;
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// One layer blob as pushed, with the digest of its uncompressed tar (the config's diff_id).
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub blob: Vec<u8>,
+    pub diff_id: String,
+    pub compression: Compression,
+    /// Replaces the media type chosen from the format and compression (foreign layers...).
+    pub media_type: Option<String>,
+}
+
+impl Layer {
+    /// An uncompressed layer.
+    pub fn plain(tar: Vec<u8>) -> Layer {
+        Layer {
+            diff_id: sha256(&tar),
+            blob: tar,
+            compression: Compression::None,
+            media_type: None,
+        }
+    }
+
+    pub fn gzip(tar: &[u8]) -> Layer {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(tar).unwrap();
+        Layer {
+            blob: encoder.finish().unwrap(),
+            diff_id: sha256(tar),
+            compression: Compression::Gzip,
+            media_type: None,
+        }
+    }
+
+    pub fn zstd(tar: &[u8]) -> Layer {
+        Layer {
+            blob: zstd::encode_all(tar, 3).unwrap(),
+            diff_id: sha256(tar),
+            compression: Compression::Zstd,
+            media_type: None,
+        }
+    }
+
+    pub fn media_type_override(mut self, media_type: &str) -> Layer {
+        self.media_type = Some(media_type.into());
+        self
+    }
+
+    /// Docker has no zstd media type: images built by BuildKit use OCI's, as here.
+    fn media_type(&self, format: Format) -> String {
+        if let Some(media_type) = &self.media_type {
+            return media_type.clone();
+        }
+        match (format, self.compression) {
+            (Format::Docker, Compression::None) => DOCKER_LAYER_TAR,
+            (Format::Docker, Compression::Gzip) => DOCKER_LAYER_GZIP,
+            (_, Compression::Zstd) => OCI_LAYER_ZSTD,
+            (_, Compression::None) => OCI_LAYER_TAR,
+            (_, Compression::Gzip) => OCI_LAYER_GZIP,
+        }
+        .to_string()
     }
 }
 
@@ -450,6 +551,8 @@ pub struct PushedImage {
     pub media_type: String,
     pub config_digest: String,
     pub config_raw: Vec<u8>,
+    /// The layers' blob digests, in order.
+    pub layer_digests: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------
