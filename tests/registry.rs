@@ -308,19 +308,26 @@ async fn credentials_from_a_creds_store_helper() {
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let helper = bin.join("docker-credential-test");
-    // Answers only for this registry, as helpers do; logs what it was asked.
-    std::fs::write(
-        &helper,
-        format!(
-            "#!/bin/sh\nread server\necho \"$1 $server\" >> {log}\n\
-             if [ \"$1\" = get ] && [ \"$server\" = \"{host}\" ]; then\n\
-             echo '{{\"ServerURL\":\"{host}\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}'\n\
-             exit 0\nfi\necho 'credentials not found in native keychain'\nexit 1\n",
-            log = dir.path().join("helper.log").display(),
-            host = reg.host,
-        ),
-    )
-    .unwrap();
+    // Answers `get` only for this registry, as helpers do; accepts `store` and `erase`;
+    // logs what it was asked.
+    let script = r#"#!/bin/sh
+read input
+echo "$1 $input" >> LOG
+case "$1" in
+  get) if [ "$input" = "HOST" ]; then
+         echo '{"ServerURL":"HOST","Username":"USER","Secret":"PASSWORD"}'
+         exit 0
+       fi
+       echo 'credentials not found in native keychain'
+       exit 1 ;;
+esac
+"#;
+    let script = script
+        .replace("LOG", &dir.path().join("helper.log").display().to_string())
+        .replace("HOST", &reg.host)
+        .replace("USER", USER)
+        .replace("PASSWORD", PASSWORD);
+    std::fs::write(&helper, script).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
     write_docker_config(dir.path(), serde_json::json!({"credsStore": "test"}));
@@ -338,6 +345,22 @@ async fn credentials_from_a_creds_store_helper() {
         .unwrap();
     let log = std::fs::read_to_string(dir.path().join("helper.log")).unwrap();
     assert!(log.contains(&format!("get {}", reg.host)), "{log}");
+
+    // login and logout go to the helper too, not to config.json.
+    client.login(&reg.host, USER, PASSWORD).await.unwrap();
+    assert!(client.logout(&reg.host).unwrap());
+    let log = std::fs::read_to_string(dir.path().join("helper.log")).unwrap();
+    let store = log
+        .lines()
+        .find(|l| l.starts_with("store "))
+        .expect("store call");
+    let stored: serde_json::Value = serde_json::from_str(&store["store ".len()..]).unwrap();
+    assert_eq!(stored["ServerURL"], reg.host.as_str());
+    assert_eq!(stored["Username"], USER);
+    assert_eq!(stored["Secret"], PASSWORD);
+    assert!(log.contains(&format!("erase {}", reg.host)), "{log}");
+    let config = std::fs::read_to_string(dir.path().join("docker/config.json")).unwrap();
+    assert!(!config.contains("auths"), "{config}");
 }
 
 #[tokio::test]
