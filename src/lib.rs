@@ -7,6 +7,7 @@
 //! whole design.
 
 pub mod cli;
+pub mod config;
 pub mod dirs;
 pub mod pull;
 pub mod reference;

@@ -1,0 +1,5 @@
+//! Helpers shared by the integration tests. Each test binary uses a part of them, so unused
+//! items in one binary are expected.
+#![allow(dead_code)]
+
+pub mod registry;
