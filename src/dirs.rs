@@ -19,8 +19,7 @@ pub fn config_dir() -> PathBuf {
 /// else `~/.local/share/eskrun`. Kept apart from the cache because overlay upper directories
 /// must be on local disk even when the cache is on NFS.
 pub fn state_dir() -> PathBuf {
-    from_env("ESKRUN_STATE")
-        .unwrap_or_else(|| xdg("XDG_DATA_HOME", ".local/share").join("eskrun"))
+    from_env("ESKRUN_STATE").unwrap_or_else(|| xdg("XDG_DATA_HOME", ".local/share").join("eskrun"))
 }
 
 /// The user's home directory: `$HOME`, else the passwd entry. `su`/`setpriv` may leave a
