@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use eskrun::unpack::{
-    complete_links, unpack_layer, Compression, PendingLink, UnpackError, UnpackOptions, Unpacked,
+    complete_links, remove_layer_dir, unpack_layer, Compression, PendingLink, UnpackError,
+    UnpackOptions, Unpacked,
 };
 use layers::{gzip, sha256, zstd, Layer, Meta, MTIME};
 use tar::EntryType;
@@ -77,23 +78,7 @@ impl Tree {
 
 impl Drop for Tree {
     fn drop(&mut self) {
-        make_removable(&self.path);
-    }
-}
-
-/// Rootless, directories of mode 0555 or 0000 from an image cannot be emptied: open them up.
-fn make_removable(dir: &Path) {
-    let Ok(meta) = fs::symlink_metadata(dir) else {
-        return;
-    };
-    if !meta.is_dir() {
-        return;
-    }
-    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-    if let Ok(entries) = fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            make_removable(&entry.path());
-        }
+        remove_layer_dir(self._tmp.path()).unwrap();
     }
 }
 
@@ -117,6 +102,7 @@ fn a_plain_tree_is_unpacked_file_by_file() {
     let long = format!("deep/{}/file.txt", "x".repeat(150));
     let pax_long = format!("pax/{}/f", "y".repeat(120));
     let tar = Layer::new()
+        .dir_with("./", Meta::mode(0o751).mtime(1_000_000_000))
         .dir("./etc", 0o755)
         .dir_with("etc/ssl", Meta::mode(0o700).mtime(1_500_000_000))
         .file_with(
@@ -150,6 +136,8 @@ fn a_plain_tree_is_unpacked_file_by_file() {
     assert!(unpacked.owners.is_empty(), "{:?}", unpacked.owners);
     assert_eq!((unpacked.skipped_devices, unpacked.skipped_xattrs), (0, 0));
 
+    assert_eq!(tree.mode(""), 0o751);
+    assert_eq!(tree.meta("").mtime(), 1_000_000_000);
     assert!(tree.meta("etc").is_dir());
     assert_eq!(tree.mode("etc"), 0o755);
     assert_eq!(
@@ -535,6 +523,7 @@ fn as_root_devices_are_created_and_owners_kept() {
         .dir_with("home/user", Meta::mode(0o750).owner(1000, 1001))
         .symlink_with("home/user/link", "su", Meta::mode(0o777).owner(1002, 1003))
         .tar();
+    assert!(UnpackOptions::for_current_process().as_root);
     let tree = Tree::new();
     let opts = UnpackOptions { as_root: true };
     let unpacked = unpack_into(&tree, &tar, Compression::None, &opts).unwrap();
@@ -853,7 +842,7 @@ fn as_an_unprivileged_user() {
         "as uid {uid}: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    make_removable(dir.path());
+    remove_layer_dir(dir.path()).unwrap();
 }
 
 #[test]
@@ -867,6 +856,7 @@ fn rootless_child() {
 /// recorded, devices skipped, the overlay stack, link completion into a read-only directory.
 fn rootless_checks(dir: &Path) {
     assert!(!running_as_root());
+    assert!(!UnpackOptions::for_current_process().as_root);
     let mut trees = Vec::new();
     for (index, tar) in three_layers().iter().enumerate() {
         let path = dir.join(format!("layer{index}"));
@@ -921,5 +911,73 @@ fn rootless_checks(dir: &Path) {
     assert_eq!(mode("ro/file"), 0o4755);
     assert_eq!(mode("locked"), 0o000);
     assert_eq!(fs::read_to_string(top.join("ro/link")).unwrap(), "keep");
-    make_removable(dir);
+    assert!(
+        fs::remove_dir_all(&top).is_err(),
+        "0000 and 0555 dirs resist a plain removal"
+    );
+    for tree in trees.iter().chain([&top]) {
+        remove_layer_dir(tree).unwrap();
+        assert!(!tree.exists(), "{}", tree.display());
+    }
+}
+
+/// The size of the layer that must not raise the unpacker's memory: far above the bound.
+const BIG_LAYER: u64 = 128 << 20;
+
+#[test]
+fn memory_stays_flat_whatever_the_layer_size() {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "big_layer_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let peak_kib: u64 = stdout
+        .lines()
+        .find_map(|line| line.split("peak_kib=").nth(1))
+        .expect("the child reports its peak memory")
+        .parse()
+        .unwrap();
+    assert!(
+        peak_kib < 64 * 1024,
+        "peak RSS {peak_kib} KiB for a {BIG_LAYER}-byte layer"
+    );
+}
+
+#[test]
+#[ignore = "run by memory_stays_flat_whatever_the_layer_size in a process of its own"]
+fn big_layer_child() {
+    let mut header = tar::Header::new_gnu();
+    header.set_path("big").unwrap();
+    header.set_size(BIG_LAYER);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(layers::MTIME);
+    header.set_cksum();
+    // Generated as it is read, compressed as it is read: nothing big is ever in memory.
+    let tar =
+        io::Cursor::new(header.as_bytes().to_vec()).chain(io::repeat(0).take(BIG_LAYER + 1024));
+    let compressed = zstd::stream::read::Encoder::new(tar, 1).unwrap();
+    let tree = Tree::new();
+    unpack_layer(compressed, Compression::Zstd, &tree.path, LAYER, &ROOTLESS).unwrap();
+    assert_eq!(tree.meta("big").len(), BIG_LAYER);
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let peak = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB");
+    println!("peak_kib={peak}");
 }

@@ -17,6 +17,7 @@ mod fsutil;
 mod links;
 mod media;
 mod path;
+mod remove;
 
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 pub use error::UnpackError;
 pub use links::complete_links;
 pub use media::{compression_for, Compression};
+pub use remove::remove_layer_dir;
 
 /// How to treat what only real root may create.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
