@@ -632,6 +632,7 @@ fn three_layers() -> [Vec<u8>; 3] {
             b"bottom",
         )
         .file("s/hidden", 0o644, b"hidden")
+        .symlink("s/sym", "shared")
         .tar();
     let middle = Layer::new()
         .dir("a", 0o755)
@@ -695,7 +696,8 @@ fn stacked_layers_honour_whiteouts_and_opaque_dirs_in_a_real_overlay() {
             "./o/new",
             "./s",
             "./s/hidden",
-            "./s/shared"
+            "./s/shared",
+            "./s/sym"
         ]
     );
 }
@@ -708,6 +710,8 @@ fn hard_links_to_lower_files_are_completed_by_copy() {
         .dir_with("links", Meta::mode(0o755).mtime(1_300_000_000))
         .hardlink("links/keep", "a/keep")
         .hardlink("links/shared", "s/shared")
+        .hardlink("links/new", "o/new")
+        .hardlink("links/sym", "s/sym")
         .hardlink("links/replaced", "a/keep")
         .file("links/replaced", 0o644, b"mine")
         .tar();
@@ -720,8 +724,16 @@ fn hard_links_to_lower_files_are_completed_by_copy() {
                 target: "a/keep".into()
             },
             PendingLink {
+                path: "links/new".into(),
+                target: "o/new".into()
+            },
+            PendingLink {
                 path: "links/shared".into(),
                 target: "s/shared".into()
+            },
+            PendingLink {
+                path: "links/sym".into(),
+                target: "s/sym".into()
             },
         ]
     );
@@ -744,7 +756,8 @@ fn hard_links_to_lower_files_are_completed_by_copy() {
     assert_eq!(tree.mode("links"), 0o755);
 
     // Only the bottom layer below: its own version of the file.
-    complete_links(&tree.path, &unpacked.pending_links[1..], &[&trees[0].path]).unwrap();
+    let shared = [unpacked.pending_links[2].clone()];
+    complete_links(&tree.path, &shared, &[&trees[0].path]).unwrap();
     assert_eq!(tree.read("links/shared"), "bottom");
     assert_eq!(tree.mode("links/shared"), 0o640);
     assert_eq!(tree.meta("links/shared").mtime(), 1_400_000_000);
@@ -876,7 +889,8 @@ fn rootless_checks(dir: &Path) {
             "./o/new",
             "./s",
             "./s/hidden",
-            "./s/shared"
+            "./s/shared",
+            "./s/sym"
         ]
     );
 
