@@ -1,6 +1,13 @@
 //! The layer unpacker against real tar streams: the unpacked tree checked file by file, the
 //! hostile entries refused, lower-layer hard links completed, and the layers stacked by a real
-//! overlay mount. Part of it runs again as an unprivileged user (created if missing).
+//! overlay mount (`unshare --user --map-root-user --mount`, `userxattr`).
+//!
+//! Root or not: run as root, `as_an_unprivileged_user` runs the rootless checks again as the
+//! user `eskrun-test` (created with useradd if missing) through setpriv, and
+//! `as_root_devices_are_created_and_owners_kept` checks devices and chown. Run as a normal
+//! user, the rootless checks run directly and the root-only test reports that it has nothing
+//! to check. `big_layer_child` and `rootless_child` are run by other tests in processes of
+//! their own.
 
 #[path = "common/layers.rs"]
 mod layers;
