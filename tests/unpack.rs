@@ -315,6 +315,9 @@ fn later_entries_replace_earlier_ones() {
         .file("target", 0o644, b"t")
         .file("f2h", 0o644, b"old")
         .hardlink("f2h", "target")
+        .file("orig", 0o644, b"orig")
+        .hardlink("h2f", "orig")
+        .file("h2f", 0o644, b"new")
         .file("same", 0o644, b"one")
         .file("same", 0o600, b"two")
         .dir("d2d", 0o700)
@@ -333,6 +336,13 @@ fn later_entries_replace_earlier_ones() {
     assert_eq!(tree.mode("s2f"), 0o600);
     assert_eq!(tree.read("f2h"), "t");
     assert_eq!(tree.meta("f2h").nlink(), 2);
+    assert_eq!(
+        tree.read("orig"),
+        "orig",
+        "a file entry over a hard link must not write into it"
+    );
+    assert_eq!(tree.read("h2f"), "new");
+    assert_eq!(tree.meta("orig").nlink(), 1);
     assert_eq!(tree.read("same"), "two");
     assert_eq!(tree.mode("same"), 0o600);
     assert_eq!(
