@@ -497,12 +497,29 @@ fn an_entry_replaces_a_symlink_instead_of_writing_through_it() {
         .hardlink("esc3", "esc")
         .symlink("esc4", &sentinel)
         .whiteout("esc4")
+        .symlink("sym", &sentinel)
+        .hardlink("hl", "sym")
+        .dir_with("esc5", Meta::mode(0o700).mtime(5))
+        .symlink("esc5", outside.path())
         .tar();
+    let before = fs::metadata(outside.path()).unwrap();
     let (tree, _) = unpack(&tar);
     assert_eq!(tree.read("esc"), "inside");
     assert!(tree.meta("esc2").is_dir());
     assert_eq!(tree.meta("esc3").ino(), tree.meta("esc").ino());
     tree.assert_whiteout("esc4");
+    assert_eq!(
+        tree.link("hl"),
+        sentinel,
+        "a hard link to a symlink is that symlink"
+    );
+    assert_eq!(tree.link("esc5"), outside.path());
+    let after = fs::metadata(outside.path()).unwrap();
+    assert_eq!(
+        (after.mode(), after.mtime(), after.mtime_nsec()),
+        (before.mode(), before.mtime(), before.mtime_nsec()),
+        "a replaced directory's deferred mode and mtime went through a symlink"
+    );
     outside.assert_untouched("replacing symlinks");
 }
 
