@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod digest;
 pub mod dirs;
 pub mod pull;
 pub mod reference;

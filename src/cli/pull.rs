@@ -20,6 +20,9 @@ pub struct Args {
     /// Layers fetched at once.
     #[arg(long, default_value_t = DEFAULT_JOBS)]
     jobs: usize,
+    /// Allow plain HTTP to the registry (localhost and 127.0.0.0/8 always may fall back to it).
+    #[arg(long)]
+    insecure: bool,
 }
 
 pub fn run(args: Args) -> Result<i32> {
@@ -32,6 +35,7 @@ pub fn run(args: Args) -> Result<i32> {
         platform,
         quiet: args.quiet,
         jobs: args.jobs,
+        insecure: args.insecure,
     };
     pull::pull(&crate::dirs::cache_dir(), &reference, &options)?;
     Ok(0)

@@ -16,13 +16,14 @@ use oci_client::manifest::OciDescriptor;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::digest::HashingReader;
 use crate::reference::ImageRef;
-use crate::registry::{Platform, RegistryClient};
+use crate::registry::{Options, Platform, RegistryClient};
 use crate::store::{BlobKind, LayerMeta, LayerSlot, LayerWriter, Mode, RefRecord, Store};
 use crate::unpack::{self, PendingLink, UnpackOptions};
 
 pub use progress::Progress;
-use stream::{ChannelReader, HashingReader, CHANNEL_CHUNKS};
+use stream::{ChannelReader, CHANNEL_CHUNKS};
 
 /// Layers fetched at once unless the user says otherwise.
 pub const DEFAULT_JOBS: usize = 4;
@@ -31,13 +32,18 @@ pub struct PullOptions {
     pub platform: Platform,
     pub quiet: bool,
     pub jobs: usize,
+    /// Allow plain HTTP to every registry of this pull.
+    pub insecure: bool,
 }
 
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     /// The cache already held the image the registry serves; nothing was written.
     UpToDate,
-    Pulled { fetched: usize, reused: usize },
+    Pulled {
+        fetched: usize,
+        reused: usize,
+    },
 }
 
 /// Pulls `reference` into the cache at `cache_dir`. Blocking: runs its own tokio runtime.
@@ -45,7 +51,7 @@ pub fn pull(cache_dir: &Path, reference: &ImageRef, options: &PullOptions) -> Re
     let store = Arc::new(Store::open(cache_dir)?);
     // Held for the whole pull: rmi/prune wait rather than collect layers we are about to name.
     let _cache = store.lock(Mode::Shared)?;
-    let client = Arc::new(RegistryClient::new(reference)?);
+    let client = Arc::new(RegistryClient::new(Options::from_env(options.insecure)?));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -211,12 +217,11 @@ impl LayerJob {
         let tree = writer.tree();
         let name = digest.clone();
         let unpacker = tokio::task::spawn_blocking(move || {
-            let options = UnpackOptions {
-                as_root: nix::unistd::geteuid().is_root(),
-            };
+            let options = UnpackOptions::for_current_process();
             let mut reader = HashingReader::new(ChannelReader::new(rx));
             let unpacked = unpack::unpack_layer(&mut reader, compression, &tree, &name, &options);
-            (unpacked, reader.finish())
+            let hashed = reader.drain().map(|()| reader.finish());
+            (unpacked, hashed)
         });
 
         let mut blob = std::pin::pin!(self.client.blob_stream(&self.reference, &self.layer));

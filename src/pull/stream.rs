@@ -1,11 +1,9 @@
 //! The bridge between the async download and the blocking unpacker: chunks travel through a
-//! bounded channel (memory stays flat whatever the layer size) and are hashed as they are read,
-//! so the compressed digest is known the moment the unpacker reaches the end.
+//! bounded channel, so memory stays flat whatever the layer size.
 
 use std::io::{self, Read};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::Receiver;
 
 /// Chunks in flight per layer; with registry chunks of 8-64 KiB this bounds a layer's buffers
@@ -37,39 +35,6 @@ impl Read for ChannelReader {
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
-/// Hashes and counts every byte that passes through.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
-    }
-
-    /// Reads whatever is left, so the digest covers the whole blob even when the unpacker
-    /// stopped early, then returns `(sha256:<hex>, size)`.
-    pub fn finish(mut self) -> io::Result<(String, u64)> {
-        io::copy(&mut self, &mut io::sink())?;
-        Ok((format!("sha256:{:x}", self.hasher.finalize()), self.bytes))
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
         Ok(n)
     }
 }

@@ -9,7 +9,8 @@ use anyhow::Result;
 
 use super::layer::remove_if_present;
 use super::lock::{Lock, Mode};
-use super::{digest_hex, BlobKind, Store};
+use super::{BlobKind, Store};
+use crate::digest::digest_hex;
 
 /// What a collection removed.
 #[derive(Debug, Default, PartialEq)]

@@ -11,7 +11,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::lock::{Lock, Mode};
-use super::{digest_hex, write_atomic, Store};
+use super::{write_atomic, Store};
+use crate::digest::digest_hex;
 
 /// What the cache records about a layer beside its tree.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -112,37 +113,8 @@ impl Drop for LayerWriter {
     }
 }
 
-/// Removes a directory tree that may contain read-only directories (layers keep their modes,
-/// and a `0555` directory cannot be emptied until it is made writable again).
+/// Removes a layer directory if it exists, also one whose image made directories read-only.
 pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(err).with_context(|| format!("cannot inspect {}", path.display())),
-        Ok(_) => {}
-    }
-    if std::fs::remove_dir_all(path).is_ok() {
-        return Ok(());
-    }
-    make_writable(path);
-    fs_err::remove_dir_all(path)?;
-    Ok(())
-}
-
-fn make_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return;
-    };
-    if !meta.is_dir() {
-        return;
-    }
-    let mode = meta.permissions().mode();
-    if mode & 0o700 != 0o700 {
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o700));
-    }
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for entry in entries.flatten() {
-            make_writable(&entry.path());
-        }
-    }
+    crate::unpack::remove_layer_dir(path)
+        .with_context(|| format!("cannot remove {}", path.display()))
 }

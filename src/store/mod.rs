@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::digest::{digest_hex, sha256_digest};
 use crate::reference::ImageRef;
 
 pub use gc::Freed;
@@ -228,24 +228,6 @@ impl Store {
     }
 }
 
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(bytes))
-}
-
-/// The hex part of a sha256 digest, after checking it is one. Digests come from registries and
-/// become path names here, so anything but 64 lowercase hex digits is refused.
-pub fn digest_hex(digest: &str) -> Result<&str> {
-    match digest.strip_prefix("sha256:") {
-        Some(hex)
-            if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
-        {
-            Ok(hex)
-        }
-        _ => bail!("unsupported or malformed digest {digest:?} (eskrun handles sha256 digests)"),
-    }
-}
-
 /// A reference as one file name: `/` cannot appear in a name and `%` must stay unambiguous.
 fn escape_ref(reference: &str) -> String {
     reference.replace('%', "%25").replace('/', "%2F")
@@ -275,21 +257,6 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn digests_that_are_not_sha256_hex_are_refused() {
-        let good = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(digest_hex(&good).unwrap(), "a".repeat(64));
-        for bad in [
-            "sha256:../../etc".to_string(),
-            format!("sha256:{}", "A".repeat(64)),
-            format!("sha512:{}", "a".repeat(64)),
-            format!("sha256:{}", "a".repeat(63)),
-            "sha256:".to_string(),
-        ] {
-            assert!(digest_hex(&bad).is_err(), "{bad} accepted");
-        }
-    }
 
     #[test]
     fn refs_become_single_unambiguous_file_names() {

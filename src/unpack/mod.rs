@@ -22,7 +22,7 @@ mod remove;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use crate::digest::HashingReader;
 
 pub use error::UnpackError;
 pub use links::complete_links;
@@ -101,35 +101,7 @@ pub fn unpack_layer(
     let mut unpacked = apply::Unpacker::new(dest, layer_name, opts)?.run(&mut tar_stream)?;
     // The tar end marker is usually followed by padding that is part of the diff_id.
     io::copy(&mut tar_stream, &mut io::sink()).map_err(stream_error)?;
-    unpacked.diff_id = tar_stream.into_inner().finish();
+    unpacked.diff_id = tar_stream.into_inner().finish().0;
     io::copy(&mut input, &mut io::sink()).map_err(stream_error)?;
     Ok(unpacked)
-}
-
-/// Computes the sha256 of everything read through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> HashingReader<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-
-    /// `sha256:<hex>` of the bytes read so far; drops the inner reader.
-    fn finish(self) -> String {
-        format!("sha256:{:x}", self.hasher.finalize())
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
 }
