@@ -9,8 +9,7 @@
 //! to check. `big_layer_child` and `rootless_child` are run by other tests in processes of
 //! their own.
 
-#[path = "common/layers.rs"]
-mod layers;
+mod common;
 
 use std::fs;
 use std::io::{self, Read};
@@ -18,11 +17,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::layers::{gzip, sha256, zstd, Layer, Meta, MTIME};
 use eskrun::unpack::{
     complete_links, remove_layer_dir, unpack_layer, Compression, PendingLink, UnpackError,
     UnpackOptions, Unpacked,
 };
-use layers::{gzip, sha256, zstd, Layer, Meta, MTIME};
 use tar::EntryType;
 
 const LAYER: &str = "sha256:abcd0123";
@@ -1011,7 +1010,7 @@ fn big_layer_child() {
     header.set_mode(0o644);
     header.set_uid(0);
     header.set_gid(0);
-    header.set_mtime(layers::MTIME);
+    header.set_mtime(MTIME);
     header.set_cksum();
     // Generated as it is read, compressed as it is read: nothing big is ever in memory.
     let tar =

@@ -17,7 +17,8 @@ use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientP
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Reference, RegistryOperation};
 use reqwest::header::HeaderValue;
-use sha2::{Digest, Sha256};
+
+pub use super::layers::sha256;
 
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -45,10 +46,6 @@ pub enum Mode {
     Tls,
     Basic,
     Token,
-}
-
-pub fn sha256(data: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(data))
 }
 
 fn run(cmd: &mut Command) {
@@ -496,10 +493,8 @@ impl Layer {
     }
 
     pub fn gzip(tar: &[u8]) -> Layer {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(tar).unwrap();
         Layer {
-            blob: encoder.finish().unwrap(),
+            blob: super::layers::gzip(tar),
             diff_id: sha256(tar),
             compression: Compression::Gzip,
             media_type: None,
@@ -508,7 +503,7 @@ impl Layer {
 
     pub fn zstd(tar: &[u8]) -> Layer {
         Layer {
-            blob: zstd::encode_all(tar, 3).unwrap(),
+            blob: super::layers::zstd(tar),
             diff_id: sha256(tar),
             compression: Compression::Zstd,
             media_type: None,
