@@ -7,6 +7,8 @@
 //! whole design.
 
 pub mod cli;
+pub mod config;
+pub mod digest;
 pub mod dirs;
 pub mod pull;
 pub mod reference;

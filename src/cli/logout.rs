@@ -1,9 +1,23 @@
-//! `eskrun logout`.
+//! `eskrun logout`: forget a registry's stored credentials.
 
-/// Not written yet.
+use anyhow::Result;
+
+use crate::registry::{Options, RegistryClient};
+
+/// Remove the stored credentials of a registry.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Registry host (default: docker.io).
+    #[arg(default_value = "docker.io")]
+    registry: String,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("eskrun logout is not implemented yet")
+pub fn run(args: Args) -> Result<i32> {
+    let client = RegistryClient::new(Options::from_env(false)?);
+    if client.logout(&args.registry)? {
+        println!("Removed login credentials for {}", args.registry);
+    } else {
+        println!("Not logged in to {}", args.registry);
+    }
+    Ok(0)
 }

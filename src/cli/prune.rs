@@ -1,9 +1,26 @@
-//! `eskrun prune`.
+//! `eskrun prune`: free layers that no image uses.
 
-/// Not written yet.
+use anyhow::Result;
+
+use crate::store::{Freed, Mode, Store};
+
+/// Remove layers and documents no image or container uses, and leftovers of interrupted pulls.
 #[derive(clap::Args)]
 pub struct Args {}
 
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("eskrun prune is not implemented yet")
+pub fn run(_args: Args) -> Result<i32> {
+    let store = Store::open(&crate::dirs::cache_dir())?;
+    let _cache = store.lock(Mode::Exclusive)?;
+    let freed = store.collect(&Default::default())?;
+    report(&freed);
+    Ok(0)
+}
+
+pub(super) fn report(freed: &Freed) {
+    println!(
+        "Freed {} ({} layers, {} manifests/configs)",
+        indicatif::HumanBytes(freed.bytes),
+        freed.layers,
+        freed.documents
+    );
 }

@@ -1,9 +1,37 @@
-//! `eskrun rmi`.
+//! `eskrun rmi`: forget images and free the layers only they used.
 
-/// Not written yet.
+use anyhow::{bail, Result};
+
+use crate::reference::ImageRef;
+use crate::store::{Mode, Store};
+
+/// Remove images from the cache; layers other images still use are kept.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Image references, as given to pull.
+    #[arg(required = true)]
+    images: Vec<String>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("eskrun rmi is not implemented yet")
+pub fn run(args: Args) -> Result<i32> {
+    let store = Store::open(&crate::dirs::cache_dir())?;
+    let _cache = store.lock(Mode::Exclusive)?;
+    let mut missing = Vec::new();
+    for image in &args.images {
+        let reference = ImageRef::parse(image)?.to_string();
+        if store.remove_ref(&reference)? {
+            println!("Untagged: {reference}");
+        } else {
+            missing.push(reference);
+        }
+    }
+    let freed = store.collect(&Default::default())?;
+    super::prune::report(&freed);
+    if !missing.is_empty() {
+        bail!(
+            "no such image in the cache: {} (see `eskrun images`)",
+            missing.join(", ")
+        );
+    }
+    Ok(0)
 }

@@ -1,1 +1,0 @@
-//! One image from registry to cache.

@@ -1,0 +1,302 @@
+//! One image from the registry into the rootfs cache.
+//!
+//! Each layer makes one pass: download -> sha256 of the compressed bytes -> decompress ->
+//! diff_id -> untar into a claimed tmp directory, all while the bytes arrive. Only a layer whose
+//! two digests matched is renamed into the cache; the ref is written after everything it names.
+
+mod progress;
+mod stream;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use oci_client::manifest::OciDescriptor;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::digest::HashingReader;
+use crate::reference::ImageRef;
+use crate::registry::{Options, Platform, RegistryClient};
+use crate::store::{BlobKind, LayerMeta, LayerSlot, LayerWriter, Mode, RefRecord, Store};
+use crate::unpack::{self, PendingLink, UnpackOptions};
+
+pub use progress::Progress;
+use stream::{ChannelReader, CHANNEL_CHUNKS};
+
+/// Layers fetched at once unless the user says otherwise.
+pub const DEFAULT_JOBS: usize = 4;
+
+pub struct PullOptions {
+    pub platform: Platform,
+    pub quiet: bool,
+    pub jobs: usize,
+    /// Allow plain HTTP to every registry of this pull.
+    pub insecure: bool,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// The cache already held the image the registry serves; nothing was written.
+    UpToDate,
+    Pulled {
+        fetched: usize,
+        reused: usize,
+    },
+}
+
+/// Pulls `reference` into the cache at `cache_dir`. Blocking: runs its own tokio runtime.
+pub fn pull(cache_dir: &Path, reference: &ImageRef, options: &PullOptions) -> Result<Outcome> {
+    let store = Arc::new(Store::open(cache_dir)?);
+    // Held for the whole pull: rmi/prune wait rather than collect layers we are about to name.
+    let _cache = store.lock(Mode::Shared)?;
+    let client = Arc::new(RegistryClient::new(Options::from_env(options.insecure)?));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(pull_image(store, client, reference, options))
+}
+
+async fn pull_image(
+    store: Arc<Store>,
+    client: Arc<RegistryClient>,
+    reference: &ImageRef,
+    options: &PullOptions,
+) -> Result<Outcome> {
+    let progress = Progress::new(options.quiet);
+    let platform = options.platform.to_string();
+    if let Some(record) = store.read_ref(reference)? {
+        if record.platform == platform && store.image(&record).is_ok() {
+            // A digest names immutable content: no need to ask the registry at all.
+            if reference.digest().is_some()
+                || client.head_digest(reference).await? == record.source_digest
+            {
+                progress.say(&format!("{reference}: image is up to date"));
+                return Ok(Outcome::UpToDate);
+            }
+        }
+    }
+
+    let resolved = client.resolve(reference, &options.platform).await?;
+    let config: oci_spec::image::ImageConfiguration = serde_json::from_slice(&resolved.config_raw)
+        .with_context(|| format!("image {reference}: its config is not a valid image config"))?;
+    let layers = resolved.manifest.layers.clone();
+    let diff_ids = config.rootfs().diff_ids().clone();
+    if diff_ids.len() != layers.len() {
+        bail!(
+            "image {reference}: the manifest lists {} layers but the config {} diff_ids; the image is broken",
+            layers.len(),
+            diff_ids.len()
+        );
+    }
+
+    let limit = Arc::new(Semaphore::new(options.jobs.max(1)));
+    let mut tasks = JoinSet::new();
+    for (index, (layer, diff_id)) in layers.into_iter().zip(diff_ids).enumerate() {
+        let job = LayerJob {
+            store: store.clone(),
+            client: client.clone(),
+            reference: reference.clone(),
+            layer,
+            diff_id,
+            progress: progress.clone(),
+        };
+        let limit = limit.clone();
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            job.run().await.map(|fetched| (index, fetched))
+        });
+    }
+    let mut fetched = Vec::new();
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.context("a layer task failed")? {
+            Ok(layer) => fetched.push(layer),
+            Err(err) if failure.is_none() => {
+                failure = Some(err);
+                // Stop the other downloads; each drops its claim, which removes its tmp dir.
+                tasks.abort_all();
+            }
+            Err(_) => {}
+        }
+    }
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    fetched.sort_by_key(|(index, _)| *index);
+
+    // Layers with hard links into lower layers are completed bottom-up, once those exist.
+    let mut trees: Vec<PathBuf> = Vec::new();
+    let (mut fetched_count, mut reused) = (0, 0);
+    for (_, layer) in fetched {
+        let tree = match layer {
+            Fetched::Present(tree) => {
+                reused += 1;
+                tree
+            }
+            Fetched::Published(tree) => {
+                fetched_count += 1;
+                tree
+            }
+            Fetched::Deferred(writer, pending, meta) => {
+                fetched_count += 1;
+                let lowers: Vec<&Path> = trees.iter().rev().map(PathBuf::as_path).collect();
+                let tree = writer.tree();
+                tokio::task::block_in_place(|| {
+                    unpack::complete_links(&tree, &pending, &lowers)
+                        .with_context(|| format!("layer {}", meta.digest))?;
+                    writer.commit(&meta)
+                })?
+            }
+        };
+        trees.push(tree);
+    }
+
+    store.put_blob(
+        BlobKind::Manifest,
+        &resolved.manifest_digest,
+        &resolved.manifest_raw,
+    )?;
+    store.put_blob(
+        BlobKind::Config,
+        &resolved.manifest.config.digest,
+        &resolved.config_raw,
+    )?;
+    store.write_ref(&RefRecord {
+        reference: reference.to_string(),
+        platform,
+        source_digest: resolved.source_digest.clone(),
+        manifest_digest: resolved.manifest_digest.clone(),
+    })?;
+    progress.say(&format!(
+        "{reference}: pulled {} ({fetched_count} layers fetched, {reused} already cached)",
+        resolved.manifest_digest
+    ));
+    Ok(Outcome::Pulled {
+        fetched: fetched_count,
+        reused,
+    })
+}
+
+enum Fetched {
+    Present(PathBuf),
+    Published(PathBuf),
+    /// Unpacked, but holding hard links to files of lower layers.
+    Deferred(LayerWriter, Vec<PendingLink>, LayerMeta),
+}
+
+struct LayerJob {
+    store: Arc<Store>,
+    client: Arc<RegistryClient>,
+    reference: ImageRef,
+    layer: OciDescriptor,
+    diff_id: String,
+    progress: Progress,
+}
+
+impl LayerJob {
+    async fn run(self) -> Result<Fetched> {
+        let digest = self.layer.digest.clone();
+        let short = short_digest(&digest).to_string();
+        let store = self.store.clone();
+        let claim_digest = digest.clone();
+        let slot = tokio::task::spawn_blocking(move || store.claim_layer(&claim_digest))
+            .await
+            .context("layer claim task failed")??;
+        let writer = match slot {
+            LayerSlot::Present(dir) => return Ok(Fetched::Present(dir.join("tree"))),
+            LayerSlot::Fresh(writer) => writer,
+        };
+        let context = || format!("image {}, layer {digest}", self.reference);
+        let compression = unpack::compression_for(&self.layer.media_type).with_context(context)?;
+        let bar = self.progress.layer(&short, self.layer.size.max(0) as u64);
+
+        let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_CHUNKS);
+        let tree = writer.tree();
+        let name = digest.clone();
+        let unpacker = tokio::task::spawn_blocking(move || {
+            let options = UnpackOptions::for_current_process();
+            let mut reader = HashingReader::new(ChannelReader::new(rx));
+            let unpacked = unpack::unpack_layer(&mut reader, compression, &tree, &name, &options);
+            let hashed = reader.drain().map(|()| reader.finish());
+            (unpacked, hashed)
+        });
+
+        let mut blob = std::pin::pin!(self.client.blob_stream(&self.reference, &self.layer));
+        let mut broken = None;
+        while let Some(chunk) = blob.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    bar.advance(chunk.len() as u64);
+                    if tx.send(chunk).await.is_err() {
+                        break; // the unpacker gave up; its error says why
+                    }
+                }
+                Err(err) => {
+                    broken = Some(err);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let (unpacked, hashed) = unpacker.await.context("unpack task failed")?;
+        if let Some(err) = broken {
+            return Err(err).with_context(context);
+        }
+        let (actual, size) = hashed.with_context(context)?;
+        if actual != digest {
+            bail!(
+                "image {}, layer {digest}: the downloaded content hashes to {actual}; \
+                 the registry sent corrupt data, nothing was stored (try again)",
+                self.reference
+            );
+        }
+        if size != self.layer.size as u64 {
+            bail!(
+                "image {}, layer {digest}: got {size} bytes, the manifest says {}",
+                self.reference,
+                self.layer.size
+            );
+        }
+        let unpacked = unpacked.with_context(context)?;
+        if unpacked.diff_id != self.diff_id {
+            bail!(
+                "image {}, layer {digest}: its uncompressed content hashes to {} but the image \
+                 config says {}; the image is broken",
+                self.reference,
+                unpacked.diff_id,
+                self.diff_id
+            );
+        }
+        let meta = LayerMeta {
+            digest: digest.clone(),
+            diff_id: unpacked.diff_id,
+            media_type: self.layer.media_type.clone(),
+            size,
+            owners: unpacked.owners,
+            skipped_devices: unpacked.skipped_devices,
+            skipped_xattrs: unpacked.skipped_xattrs,
+        };
+        if meta.skipped_devices > 0 {
+            self.progress.say(&format!(
+                "{short}: skipped {} device nodes/FIFOs (only real root can create them)",
+                meta.skipped_devices
+            ));
+        }
+        bar.finish("done");
+        if unpacked.pending_links.is_empty() {
+            let tree = tokio::task::block_in_place(|| writer.commit(&meta))?;
+            Ok(Fetched::Published(tree))
+        } else {
+            Ok(Fetched::Deferred(writer, unpacked.pending_links, meta))
+        }
+    }
+}
+
+/// The 12 hex digits users know layers by.
+fn short_digest(digest: &str) -> &str {
+    let hex = digest.split_once(':').map_or(digest, |(_, hex)| hex);
+    &hex[..hex.len().min(12)]
+}

@@ -1,0 +1,257 @@
+//! Completing hard links to files of lower layers: the file is looked up in the stacked
+//! lowers as overlayfs would, then copied into the layer (a hard link cannot cross layer
+//! directories, and the layers must stay independent of each other in the cache).
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
+use nix::sys::stat::{
+    fchmod, fchmodat, fstat, futimens, mknodat, utimensat, FchmodatFlags, FileStat, Mode, SFlag,
+    UtimensatFlags,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
+use xattr::FileExt;
+
+use super::apply::OPAQUE_XATTR;
+use super::fsutil::{file_type, is_whiteout, lstat_at, open_child_dir, open_dir, walk, Step};
+use super::path;
+use super::{PendingLink, UnpackError};
+
+/// Completes pending hard links by copying each target from the stacked lower layers
+/// (`lowers`: their tree directories, topmost first), honouring their whiteouts (0:0 character
+/// devices) and opaque directories (`user.overlay.opaque=y`). The copy keeps content, mode,
+/// owner (where we may change it), xattrs and mtime; the directory it lands in keeps its mode
+/// and mtime.
+pub fn complete_links(
+    dest: &Path,
+    pending: &[PendingLink],
+    lowers: &[&Path],
+) -> Result<(), UnpackError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let open = |dir: &Path| {
+        open_dir(dir).map_err(|error| UnpackError::Dest {
+            dest: dir.to_owned(),
+            error,
+        })
+    };
+    let root = open(dest)?;
+    let lowers = lowers
+        .iter()
+        .map(|dir| open(dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    for link in pending {
+        let fail = |reason: String| UnpackError::Link {
+            dest: dest.to_owned(),
+            path: link.path.clone(),
+            target: link.target.clone(),
+            reason,
+        };
+        let source = find_in_lowers(&lowers, &link.target).map_err(fail)?;
+        place_copy(&root, &link.path, &source).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// A file found in a lower layer: its directory (open) and name there.
+struct Source {
+    dir: File,
+    name: OsString,
+    stat: FileStat,
+}
+
+/// Looks `target` up through the lowers as the merged overlay would see it.
+fn find_in_lowers(lowers: &[File], target: &Path) -> Result<Source, String> {
+    let components = path::components(target.as_os_str().as_bytes())
+        .map_err(|problem| format!("the target {}", problem.reason()))?;
+    let Some((name, parents)) = components.split_last() else {
+        return Err("the target is the root directory".to_owned());
+    };
+    for lower in lowers {
+        let mut dir = lower.try_clone().map_err(|e| e.to_string())?;
+        // An opaque directory on the way hides what the layers below have there.
+        let mut opaque = false;
+        let mut present = true;
+        for (index, component) in parents.iter().enumerate() {
+            let shown = || path::display(&parents[..=index]);
+            let Some(stat) = lstat_at(dir.as_raw_fd(), component).map_err(|e| e.to_string())?
+            else {
+                present = false;
+                break;
+            };
+            match file_type(&stat) {
+                SFlag::S_IFDIR => {}
+                SFlag::S_IFLNK => {
+                    return Err(format!(
+                        "{:?} is a symlink in a lower layer; hard links do not go through symlinks",
+                        shown()
+                    ))
+                }
+                _ if is_whiteout(&stat) => {
+                    return Err(format!("a lower layer deletes {:?}", shown()))
+                }
+                _ => {
+                    return Err(format!(
+                        "{:?} is not a directory in the lower layers",
+                        shown()
+                    ))
+                }
+            }
+            dir = match open_child_dir(dir.as_raw_fd(), component, false) {
+                Ok(Some(child)) => child,
+                Ok(None) | Err(Step::Symlink | Step::NotDir) => {
+                    return Err(format!("{:?} changed while being read", shown()))
+                }
+                Err(Step::Io(errno)) => return Err(errno.to_string()),
+            };
+            opaque |= dir.get_xattr(OPAQUE_XATTR).ok().flatten().as_deref() == Some(b"y");
+        }
+        if present {
+            if let Some(stat) = lstat_at(dir.as_raw_fd(), name).map_err(|e| e.to_string())? {
+                if is_whiteout(&stat) {
+                    return Err("a lower layer deletes the target".to_owned());
+                }
+                if file_type(&stat) == SFlag::S_IFDIR {
+                    return Err("the target is a directory".to_owned());
+                }
+                return Ok(Source {
+                    dir,
+                    name: name.to_os_string(),
+                    stat,
+                });
+            }
+        }
+        if opaque {
+            break;
+        }
+    }
+    Err("the target is in none of the lower layers".to_owned())
+}
+
+/// Copies `source` to `path` in the layer, keeping the mode and mtime of the directory it
+/// goes into (unpacking set them from the layer already).
+fn place_copy(root: &File, path: &Path, source: &Source) -> Result<(), String> {
+    let components = path::components(path.as_os_str().as_bytes())
+        .map_err(|problem| format!("the link {}", problem.reason()))?;
+    let Some((name, parents)) = components.split_last() else {
+        return Err("the link is the root directory".to_owned());
+    };
+    let parent = match walk(root, parents, true) {
+        Ok(Some(dir)) => dir,
+        Ok(None) => unreachable!("walk creates missing directories"),
+        Err((index, Step::Symlink)) => {
+            return Err(format!(
+                "{:?} is a symlink",
+                path::display(&parents[..=index])
+            ))
+        }
+        Err((index, Step::NotDir)) => {
+            return Err(format!(
+                "{:?} is not a directory",
+                path::display(&parents[..=index])
+            ))
+        }
+        Err((_, Step::Io(errno))) => return Err(errno.to_string()),
+    };
+    let fd = parent.as_raw_fd();
+    let before = fstat(fd).map_err(|e| e.to_string())?;
+    let before_mode = Mode::from_bits_truncate(before.st_mode & 0o7777);
+    // Rootless, a read-only directory of the image must be opened up for the copy.
+    let read_only = before.st_mode & 0o200 == 0;
+    if read_only {
+        fchmod(fd, before_mode | Mode::S_IWUSR).map_err(|e| e.to_string())?;
+    }
+    let copied = copy_entry(fd, name, source);
+    if read_only {
+        fchmod(fd, before_mode).map_err(|e| e.to_string())?;
+    }
+    futimens(
+        fd,
+        &TimeSpec::new(before.st_atime, before.st_atime_nsec),
+        &TimeSpec::new(before.st_mtime, before.st_mtime_nsec),
+    )
+    .map_err(|e| e.to_string())?;
+    copied.map_err(|e| format!("cannot copy the target: {e}"))
+}
+
+fn copy_entry(parent: RawFd, name: &OsStr, source: &Source) -> io::Result<()> {
+    if let Some(existing) = lstat_at(parent, name)? {
+        if file_type(&existing) == SFlag::S_IFDIR {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a directory is in the way",
+            ));
+        }
+        unlinkat(Some(parent), name, UnlinkatFlags::NoRemoveDir)?;
+    }
+    let stat = &source.stat;
+    let mode = Mode::from_bits_truncate(stat.st_mode & 0o7777);
+    let kind = file_type(stat);
+    match kind {
+        SFlag::S_IFREG => {
+            let mut from = open_file(source.dir.as_raw_fd(), &source.name, OFlag::O_RDONLY, 0)?;
+            let mut to = open_file(
+                parent,
+                name,
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
+                0o600,
+            )?;
+            io::copy(&mut from, &mut to)?;
+            if let Ok(names) = from.list_xattr() {
+                for xattr in names {
+                    if let Ok(Some(value)) = from.get_xattr(&xattr) {
+                        // Best effort, as when unpacking: some namespaces need privileges.
+                        let _ = to.set_xattr(&xattr, &value);
+                    }
+                }
+            }
+        }
+        SFlag::S_IFLNK => {
+            let target = readlinkat(Some(source.dir.as_raw_fd()), source.name.as_os_str())?;
+            symlinkat(target.as_os_str(), Some(parent), name)?;
+        }
+        _ => mknodat(Some(parent), name, kind, mode, stat.st_rdev)?,
+    }
+    let copy = lstat_at(parent, name)?.ok_or(io::ErrorKind::NotFound)?;
+    // Rootless, the source is ours already; as root, it keeps its owner.
+    if (copy.st_uid, copy.st_gid) != (stat.st_uid, stat.st_gid) {
+        fchownat(
+            Some(parent),
+            name,
+            Some(Uid::from_raw(stat.st_uid)),
+            Some(Gid::from_raw(stat.st_gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+    }
+    if kind != SFlag::S_IFLNK {
+        // Not a symlink (checked above), and created just now in our own layer directory.
+        fchmodat(Some(parent), name, mode, FchmodatFlags::FollowSymlink)?;
+    }
+    let mtime = TimeSpec::new(stat.st_mtime, stat.st_mtime_nsec);
+    utimensat(
+        Some(parent),
+        name,
+        &mtime,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )?;
+    Ok(())
+}
+
+fn open_file(dir: RawFd, name: &OsStr, flags: OFlag, mode: u32) -> io::Result<File> {
+    let fd = openat(
+        Some(dir),
+        name,
+        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode),
+    )?;
+    // SAFETY: openat just returned this descriptor and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}

@@ -1,0 +1,6 @@
+//! Helpers shared by the integration tests. Each test binary uses a part of them, so unused
+//! items in one binary are expected.
+#![allow(dead_code)]
+
+pub mod layers;
+pub mod registry;
