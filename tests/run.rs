@@ -2,6 +2,7 @@
 //! (with and without subordinate ids). Needs root (to create the users), busybox-static,
 //! uidmap (newuidmap/newgidmap), util-linux (setpriv, script).
 
+mod common;
 #[path = "common/rootless.rs"]
 mod rootless;
 
@@ -466,5 +467,80 @@ fn bad_input_gives_one_clear_line() {
         let (code, _, err) = output(w.run(&img, &["--rm", "img", "/no/such/binary"]));
         assert_ne!(code, 0);
         assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+/// A busybox image pushed to a real registry: busybox and its applets, passwd/group, and a
+/// second layer that adds a file and whites one out.
+fn push_busybox(registry: &common::registry::TestRegistry, config: serde_json::Value) -> String {
+    use common::layers::Layer;
+    let mut base = Layer::new()
+        .dir("bin", 0o755)
+        .dir("etc", 0o755)
+        .dir("root", 0o700)
+        .dir("tmp", 0o1777)
+        .file(
+            "bin/busybox",
+            0o755,
+            &std::fs::read("/bin/busybox").unwrap(),
+        )
+        .file("etc/passwd", 0o644, rootless::PASSWD.as_bytes())
+        .file("etc/group", 0o644, rootless::GROUP.as_bytes())
+        .file("etc/removed", 0o644, b"lower");
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout)
+        .unwrap()
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        base = base.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    let top = Layer::new()
+        .dir("etc", 0o755)
+        .file("etc/added", 0o644, b"upper\n")
+        .whiteout("etc/removed");
+    let spec = common::registry::ImageSpec::with_layers(
+        common::registry::Format::Oci,
+        vec![
+            common::registry::Layer::gzip(&base.tar()),
+            common::registry::Layer::gzip(&top.tar()),
+        ],
+    )
+    .config(config);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(registry.push_image("test/busybox", "1", &spec));
+    format!("{}/test/busybox:1", registry.host)
+}
+
+#[test]
+fn pulls_a_missing_image_then_runs_it_from_the_cache() {
+    let registry = common::registry::TestRegistry::start(common::registry::Mode::Plain);
+    let image = push_busybox(
+        &registry,
+        json!({"Cmd": ["sh", "-c", "cat /etc/added; test -e /etc/removed || echo gone; id -u"]}),
+    );
+    for who in ALL {
+        let w = World::new(who);
+        for _ in 0..2 {
+            let (code, out, err) = output(w.eskrun(&["run", "--rm", image.as_str()]));
+            assert_eq!(
+                (code, out.as_str()),
+                (0, "upper\ngone\n0\n"),
+                "{who:?}: {err}"
+            );
+        }
+        let missing = format!("{}/test/nothing:1", registry.host);
+        let (code, out, err) = output(w.eskrun(&["run", "--rm", missing.as_str()]));
+        assert_ne!(code, 0, "{who:?}");
+        assert_eq!(out, "");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("eskrun:")).count(),
+            1,
+            "{who:?}: {err}"
+        );
+        assert!(err.contains("test/nothing"), "{who:?}: {err}");
     }
 }

@@ -110,24 +110,26 @@ pub fn run(args: Args) -> Result<i32> {
             _ => Network::Host,
         },
     };
+    // Held until the container ends, so the image is not collected from under it.
+    let cached;
     let (image, layers) = if args.layers.is_empty() {
-        anyhow::bail!(
-            "image {}: running cached images is not wired yet",
-            args.image
-        )
+        cached = match runtime::cached(&args.image)? {
+            runtime::Lookup::Found(c) => c,
+            runtime::Lookup::PullFailed(code) => return Ok(code),
+        };
+        (cached.image.config.clone(), cached.image.layers.clone())
     } else {
         let config = match &args.image_config {
             Some(f) => serde_json::from_slice(&fs_err::read(f)?)
                 .with_context(|| format!("reading image configuration {}", f.display()))?,
             None => oci_spec::image::ImageConfiguration::default(),
         };
-        (
-            config,
-            args.layers
-                .iter()
-                .map(fs_err::canonicalize)
-                .collect::<Result<Vec<_>, _>>()?,
-        )
+        let layers = args
+            .layers
+            .iter()
+            .map(fs_err::canonicalize)
+            .collect::<Result<Vec<_>, _>>()?;
+        (config, layers)
     };
     runtime::run(runtime::Request {
         image,

@@ -5,6 +5,7 @@
 //! namespaces ([`userns`]), cleans up after killed eskruns ([`stale`]), mounts the overlay
 //! root ([`rootfs`]), hands libcontainer a bundle and waits in the foreground ([`io`]).
 
+mod image;
 mod io;
 mod record;
 mod rootfs;
@@ -19,6 +20,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::image::ImageConfiguration;
 
 use crate::spec::{self, Network, RunOptions};
+pub use image::{cached, CachedImage, Lookup};
 pub use record::libcontainer_root;
 use record::{start_time, ContainerDir, Record};
 pub use userns::UsernsMode;
