@@ -18,7 +18,7 @@ pub struct CachedImage {
 
 /// What [`cached`] found.
 pub enum Lookup {
-    Found(CachedImage),
+    Found(Box<CachedImage>),
     /// `eskrun pull` failed with this exit code, after saying why on stderr.
     PullFailed(i32),
 }
@@ -29,7 +29,7 @@ pub fn cached(reference: &str) -> Result<Lookup> {
     let store = Store::open(&crate::dirs::cache_dir())?;
     let lock = store.lock(Mode::Shared)?;
     if let Some(image) = store.lookup(&parsed)? {
-        return Ok(Lookup::Found(CachedImage { image, _lock: lock }));
+        return Ok(Lookup::Found(Box::new(CachedImage { image, _lock: lock })));
     }
     let exe = std::env::current_exe().context("finding the eskrun executable to pull with")?;
     // Progress and messages go to stderr: the container's stdout stays its own.
@@ -44,7 +44,7 @@ pub fn cached(reference: &str) -> Result<Lookup> {
         return Ok(Lookup::PullFailed(status.code().unwrap_or(125)));
     }
     match store.lookup(&parsed)? {
-        Some(image) => Ok(Lookup::Found(CachedImage { image, _lock: lock })),
+        Some(image) => Ok(Lookup::Found(Box::new(CachedImage { image, _lock: lock }))),
         None => bail!("image {parsed} is still not in the cache after pulling it"),
     }
 }
