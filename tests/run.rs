@@ -544,3 +544,104 @@ fn pulls_a_missing_image_then_runs_it_from_the_cache() {
         assert!(err.contains("test/nothing"), "{who:?}: {err}");
     }
 }
+
+#[test]
+fn keep_id_keeps_the_host_ids_inside() {
+    let w = World::new(Who::Subids);
+    let a = w.account.clone().unwrap();
+    let img = w.image_config(json!({"Cmd": ["sh"]}));
+    let src = w.user_dir("src");
+    // The image starts as root (a subordinate id here); the host user is itself inside, so
+    // the seed's `chown -R $HOST_USER_ID` leaves the mounted tree the host user's.
+    std::fs::write(src.join("f"), "").unwrap();
+    std::os::unix::fs::chown(src.join("f"), Some(a.uid), Some(a.gid)).unwrap();
+    let script = format!("id -u; chown -R {}:{} /src", a.uid, a.gid);
+    let (code, out, err) = output(w.run(
+        &img,
+        &[
+            "--rm",
+            "--userns=keep-id",
+            "-v",
+            "./src:/src",
+            "img",
+            "sh",
+            "-c",
+            &script,
+        ],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "0\n");
+    assert_eq!(std::fs::metadata(src.join("f")).unwrap().uid(), a.uid);
+    assert_eq!(std::fs::metadata(&src).unwrap().uid(), a.uid);
+    let (code, out, err) = output(w.run(
+        &img,
+        &[
+            "--rm",
+            "--userns=keep-id",
+            "-u",
+            &a.uid.to_string(),
+            "-v",
+            "./src:/src",
+            "img",
+            "sh",
+            "-c",
+            "id -u; touch /src/g",
+        ],
+    ));
+    assert_eq!((code, out), (0, format!("{}\n", a.uid)), "{err}");
+    assert_eq!(std::fs::metadata(src.join("g")).unwrap().uid(), a.uid);
+
+    // Without subordinate ids, keep-id cannot give root an id: one line says so.
+    let w = World::new(Who::NoSubids);
+    let img = w.image_config(json!({"Cmd": ["sh"]}));
+    let (code, _, err) = output(w.run(&img, &["--rm", "--userns=keep-id", "img", "true"]));
+    assert_eq!(code, 125);
+    assert!(
+        err.contains("--userns=keep-id needs a subordinate id range"),
+        "{err}"
+    );
+}
+
+#[test]
+fn network_read_only_and_tmpfs() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        let (code, out, err) = output(w.run(
+            &img,
+            &[
+                "--rm",
+                "--network",
+                "none",
+                "img",
+                "sh",
+                "-c",
+                "ls /sys/class/net; cat /etc/hostname",
+            ],
+        ));
+        assert_eq!(code, 0, "{who:?}: {err}");
+        assert!(out.starts_with("lo\n"), "{who:?}: {out}");
+        let host_ifaces = std::fs::read_dir("/sys/class/net").unwrap().count();
+        let (code, out, err) = output(w.run(&img, &["--rm", "img", "ls", "/sys/class/net"]));
+        assert_eq!(
+            (code, out.lines().count()),
+            (0, host_ifaces),
+            "{who:?}: {err}"
+        );
+
+        let (code, out, err) = output(w.run(
+            &img,
+            &[
+                "--rm",
+                "--read-only",
+                "--tmpfs",
+                "/scratch",
+                "img",
+                "sh",
+                "-c",
+                "touch /x 2>/dev/null && echo rw; touch /scratch/y && echo tmpfs",
+            ],
+        ));
+        assert_eq!((code, out.as_str()), (0, "tmpfs\n"), "{who:?}: {err}");
+    }
+}
