@@ -645,3 +645,42 @@ fn network_read_only_and_tmpfs() {
         assert_eq!((code, out.as_str()), (0, "tmpfs\n"), "{who:?}: {err}");
     }
 }
+
+#[test]
+fn up_keeps_the_writable_layer_until_down() {
+    let registry = common::registry::TestRegistry::start(common::registry::Mode::Plain);
+    let image = push_busybox(&registry, json!({"Cmd": ["sh"]}));
+    for who in ALL {
+        let w = World::new(who);
+        let project = w.user_dir("My Project");
+        std::fs::write(project.join("eskrun.toml"), format!("image = {image:?}\n")).unwrap();
+        std::fs::write(project.join("hello"), "from the project\n").unwrap();
+        let dir = project.to_str().unwrap();
+        let (code, out, err) = output(w.eskrun(&[
+            "up",
+            "--mount",
+            dir,
+            "sh",
+            "-c",
+            "cat /opt/eskapade/hello; echo kept > /state",
+        ]));
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "from the project\n"),
+            "{who:?}: {err}"
+        );
+        let (code, out, err) = output(w.eskrun(&["up", "--mount", dir, "cat", "/state"]));
+        assert_eq!((code, out.as_str()), (0, "kept\n"), "{who:?}: {err}");
+        assert!(w.path("state/containers/my-project").is_dir());
+
+        let (code, _, err) = output(w.eskrun(&["down", "my-project"]));
+        assert_eq!(code, 0, "{who:?}: {err}");
+        assert!(!w.path("state/containers/my-project").exists(), "{who:?}");
+        let (code, _, err) = output(w.eskrun(&["down", "my-project"]));
+        assert_eq!(code, 125);
+        assert_eq!(
+            err.trim(),
+            "eskrun: there is no container named \"my-project\""
+        );
+    }
+}

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod down;
 mod images;
 mod login;
 mod logout;
@@ -9,6 +10,7 @@ mod prune;
 mod pull;
 mod rmi;
 mod run;
+mod up;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +36,8 @@ enum Command {
     Login(login::Args),
     Logout(logout::Args),
     Run(Box<run::Args>),
+    Up(up::Args),
+    Down(down::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed as one line:
@@ -49,6 +53,8 @@ pub fn main() -> i32 {
         Command::Login(args) => login::run(args),
         Command::Logout(args) => logout::run(args),
         Command::Run(args) => run::run(*args),
+        Command::Up(args) => up::run(args),
+        Command::Down(args) => down::run(args),
     };
     match result {
         Ok(code) => code,

@@ -59,7 +59,7 @@ pub struct Args {
     /// User namespace: "" (map you to the container's user) or keep-id (keep your own ids).
     #[arg(long, default_value = "", value_parser = ["", "keep-id", "auto"])]
     userns: String,
-    /// Publish a port: [IP:]HOST:CONTAINER[/PROTO] (needs --network private).
+    /// Publish a port: [IP:]HOST:CONTAINER[/PROTO] (with the host network, the ports are the host's).
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
     publish: Vec<String>,
     /// Run from these unpacked layer trees (lowest first) instead of a cached image.
@@ -91,9 +91,6 @@ pub fn run(args: Args) -> Result<i32> {
     for t in &args.tmpfs {
         mounts.push(spec::parse_tmpfs(t)?);
     }
-    if !args.publish.is_empty() {
-        anyhow::bail!("-p/--publish is not supported yet: the container shares the host's network (the default), so its ports are already reachable");
-    }
     let options = RunOptions {
         entrypoint: args.entrypoint,
         command: args.command,
@@ -112,6 +109,7 @@ pub fn run(args: Args) -> Result<i32> {
     };
     // Held until the container ends, so the image is not collected from under it.
     let cached;
+    spec::check_publish(&args.publish, options.network)?;
     let (image, layers) = if args.layers.is_empty() {
         cached = match runtime::cached(&args.image)? {
             runtime::Lookup::Found(c) => c,

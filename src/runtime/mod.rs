@@ -7,6 +7,7 @@
 
 mod image;
 mod io;
+pub mod project;
 mod record;
 mod rootfs;
 mod stale;
@@ -93,6 +94,25 @@ pub fn run(req: Request) -> Result<i32> {
         dir.write(&record)?;
     }
     result
+}
+
+/// Removes a stopped container and its writable layer (`eskrun down`).
+pub fn remove(name: &str) -> Result<()> {
+    check_name(name)?;
+    let containers = containers_dir();
+    let path = containers.join(name);
+    if !path.join("container.json").exists() {
+        bail!("there is no container named {name:?}");
+    }
+    let lc_root = libcontainer_root()?;
+    let stale = stale::find_and_kill(&containers);
+    // Root mapped to the host user and the rest to the subordinate range covers every id a
+    // writable layer can hold, whatever user the container ran as.
+    userns::enter(&userns::plan(0, 0, UsernsMode::Auto)?)?;
+    stale::finish(stale, &lc_root);
+    let dir = ContainerDir::try_lock(&path)?
+        .with_context(|| format!("the container {name:?} is running: stop it first"))?;
+    fs_err::remove_dir_all(&dir.path).with_context(|| format!("removing the container {name:?}"))
 }
 
 fn run_in(

@@ -134,6 +134,19 @@ pub fn plan(
     })
 }
 
+/// `-p`: with the host network the container's ports are already the host's, and Docker too
+/// discards published ports with a warning; the private network's forwarder is not there yet.
+pub fn check_publish(publish: &[String], network: Network) -> Result<()> {
+    match (publish.is_empty(), network) {
+        (true, _) => Ok(()),
+        (false, Network::Host) => {
+            eprintln!("eskrun: published ports are discarded with the host network: the container's ports are the host's");
+            Ok(())
+        }
+        (false, _) => bail!("-p/--publish is not supported with --network none or private yet: use the host network (the default)"),
+    }
+}
+
 /// Expands `-e K` (from eskrun's environment; dropped when unset, as Docker does) and reads
 /// `--env-file` files (`K=V` or `K` lines, `#` comments).
 pub fn collect_env(env_files: &[PathBuf], env_args: &[String]) -> Result<Vec<String>> {

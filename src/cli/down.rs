@@ -1,0 +1,23 @@
+//! `eskrun down [NAME]`: removes what `eskrun up` keeps.
+
+use anyhow::{Context, Result};
+
+use crate::runtime::{self, project};
+
+/// Remove a project's container and its writable layer.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Container name (default: the current directory's, as `eskrun up` names it).
+    name: Option<String>,
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let name = match args.name {
+        Some(n) => n,
+        None => project::container_name(
+            &std::env::current_dir().context("reading the current directory")?,
+        ),
+    };
+    runtime::remove(&name)?;
+    Ok(0)
+}
