@@ -359,8 +359,9 @@ fn tty_session_through_a_pseudo_terminal() {
         let img = sh_image(&w);
         // script(1) gives eskrun a real terminal; what we type goes through eskrun's relay.
         let cmd = w.run(&img, &["--rm", "-it", "img", "sh"]);
+        // The window size set on script's terminal must reach the container's.
         let inner = format!(
-            "{} {}",
+            "stty rows 33 cols 101; {} {}",
             shell_quote(cmd.get_program().to_str().unwrap()),
             cmd.get_args()
                 .map(|a| shell_quote(a.to_str().unwrap()))
@@ -383,13 +384,14 @@ fn tty_session_through_a_pseudo_terminal() {
             .unwrap();
         std::io::Write::write_all(
             &mut child.stdin.take().unwrap(),
-            b"tty; test -t 0 && echo is-a-tty; echo $((6*7)) $TERM; exit 5\n",
+            b"test -t 0 && echo is-a-tty; echo $((6*7)) $TERM; stty size; exit 5\n",
         )
         .unwrap();
         let out = child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("is-a-tty"), "{who:?}: {text}");
         assert!(text.contains("42 xterm"), "{who:?}: {text}");
+        assert!(text.contains("33 101"), "{who:?}: {text}");
         assert_eq!(out.status.code(), Some(5), "{who:?}: {text}");
     }
 }
