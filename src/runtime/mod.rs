@@ -167,12 +167,15 @@ fn run_in(
             .with_stderr(stdio.stderr);
         None
     };
-    let mut container = builder
+    let container = builder
         .as_init(&dir.path)
         .with_systemd(false)
         .with_detach(tty)
-        .build()
-        .map_err(|e| anyhow::anyhow!("creating the container: {e}"))?;
+        .build();
+    let mut container = match container {
+        Ok(c) => c,
+        Err(e) => return start_failure(&e.to_string(), &plan.args[0]),
+    };
     io::block_signals()?;
     let pid = container
         .pid()
@@ -189,6 +192,24 @@ fn run_in(
         .start()
         .map_err(|e| anyhow::anyhow!("starting the container: {e}"))?;
     io::wait(pid, master, req.interactive)
+}
+
+/// A container that could not start: Docker's 127 (command not found) and 126 (not
+/// executable) with one line saying so, anything else as an error.
+fn start_failure(error: &str, command: &str) -> Result<i32> {
+    if error.contains("not found in $PATH") {
+        eprintln!(
+            "eskrun: {command}: executable file not found in the container (nor in its $PATH)"
+        );
+        return Ok(127);
+    }
+    if error.contains("does not have correct permissions") {
+        eprintln!("eskrun: {command}: not an executable file in the container");
+        return Ok(126);
+    }
+    // libcontainer's message is a chain of "failed to ..." ending in the cause; run with
+    // --debug for its log.
+    bail!("the container could not be created: {error} (eskrun --debug run ... shows libcontainer's log)")
 }
 
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf for the container, as Docker provides them:

@@ -68,7 +68,11 @@ pub fn ensure_dir(rootfs: &Path, dir: &str) -> Result<()> {
         }
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Ok(()),
+            Ok(m) if m.is_symlink() => return Ok(()),
+            Ok(_) => bail!(
+                "the working directory {dir} cannot be created: {} is a file in the image",
+                path.strip_prefix(rootfs).unwrap_or(&path).display()
+            ),
             Err(_) => fs_err::create_dir(&path).context("creating the working directory")?,
         }
     }
