@@ -690,3 +690,24 @@ fn up_keeps_the_writable_layer_until_down() {
         );
     }
 }
+
+#[test]
+fn many_layers_fit_in_one_overlay_mount() {
+    for who in [Who::Root, Who::Subids] {
+        let mut w = World::new(who);
+        // 60 layers at ~130-byte paths: more than a page of mount options.
+        for i in 0..60 {
+            w.add_layer(&[(&format!("many/{i}"), "x"), ("many/top", &i.to_string())]);
+        }
+        let img = sh_image(&w);
+        let (code, out, err) = output(w.run(
+            &img,
+            &["--rm", "img", "sh", "-c", "ls /many | wc -l; cat /many/top"],
+        ));
+        assert_eq!(
+            (code, out.split_whitespace().collect::<Vec<_>>()),
+            (0, vec!["61", "59"]),
+            "{who:?}: {err}"
+        );
+    }
+}

@@ -156,6 +156,24 @@ impl World {
         }
     }
 
+    /// Adds a layer on top holding `files` (path, content), at a deliberately long path.
+    pub fn add_layer(&mut self, files: &[(&str, &str)]) {
+        let n = self.layers.len();
+        let dir = self
+            .dir
+            .path()
+            .join(format!("layers/{n:03}-{}/tree", "x".repeat(64)));
+        for (path, content) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        if let Some(a) = &self.account {
+            chown_tree(dir.parent().unwrap(), a.uid, a.gid);
+        }
+        self.layers.push(dir);
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
