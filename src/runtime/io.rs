@@ -2,7 +2,7 @@
 //! init, the exit status turned into eskrun's exit code, and with `-t` a pseudo-terminal whose
 //! master eskrun relays to its own terminal (raw mode, window size kept in sync).
 
-use std::io::{IoSliceMut, Read, Write};
+use std::io::{IoSliceMut, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -258,7 +258,8 @@ pub fn wait(init: Pid, tty: Option<OwnedFd>, relay_stdin: bool) -> Result<i32> {
             }
         }
         if let (true, Some(m)) = (stdin_ready, &tty) {
-            match std::io::stdin().lock().read(&mut buf) {
+            match nix::unistd::read(0, &mut buf) {
+                Err(Errno::EINTR | Errno::EAGAIN) => {}
                 Ok(0) | Err(_) => stdin_open = false,
                 Ok(n) => {
                     let _ = write_all(m.as_fd(), &buf[..n]);

@@ -7,6 +7,7 @@
 
 mod image;
 mod io;
+mod loopback;
 pub mod project;
 mod record;
 mod rootfs;
@@ -66,11 +67,15 @@ pub fn run(req: Request) -> Result<i32> {
     // Before the user namespace: it decides by the host uid and checks ownership in host ids.
     let lc_root = libcontainer_root()?;
     let stale = stale::find_and_kill(&containers);
-    userns::enter(&identity)?;
+    let own_network = req.options.network != Network::Host;
+    userns::enter(&identity, own_network)?;
+    if own_network {
+        loopback::bring_up()?;
+    }
     stale::finish(stale, &lc_root);
 
     let path = containers.join(&name);
-    let dir = ContainerDir::try_lock(&path)?.with_context(|| {
+    let dir = ContainerDir::create_and_lock(&path)?.with_context(|| {
         format!("the container name {name:?} is in use by a running eskrun: choose another --name")
     })?;
     if dir.read()?.is_some() && !req.reuse {
@@ -84,6 +89,12 @@ pub fn run(req: Request) -> Result<i32> {
     dir.write(&record)?;
 
     let result = run_in(&req, &plan, &identity, &dir, &mut record, &lc_root);
+    if let (Err(_), Some((pid, _))) = (&result, record.init) {
+        // Built but never waited for: it is our child, so the pid is still its own.
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
     // The mount namespace dies with eskrun, but the directory cannot be removed through it.
     let _ = nix::mount::umount2(&dir.path.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
     stale::delete_state(&lc_root.join(&id));
@@ -108,9 +119,9 @@ pub fn remove(name: &str) -> Result<()> {
     let stale = stale::find_and_kill(&containers);
     // Root mapped to the host user and the rest to the subordinate range covers every id a
     // writable layer can hold, whatever user the container ran as.
-    userns::enter(&userns::plan(0, 0, UsernsMode::Auto)?)?;
+    userns::enter(&userns::plan(0, 0, UsernsMode::Auto)?, false)?;
     stale::finish(stale, &lc_root);
-    let dir = ContainerDir::try_lock(&path)?
+    let dir = ContainerDir::lock_existing(&path)?
         .with_context(|| format!("the container {name:?} is running: stop it first"))?;
     fs_err::remove_dir_all(&dir.path).with_context(|| format!("removing the container {name:?}"))
 }

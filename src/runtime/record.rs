@@ -28,25 +28,37 @@ pub struct ContainerDir {
 }
 
 impl ContainerDir {
-    /// Locks `path` (creating it) if no running eskrun holds it.
-    pub fn try_lock(path: &Path) -> Result<Option<Self>> {
+    /// Creates `path` if needed and locks it, unless a running eskrun holds it.
+    pub fn create_and_lock(path: &Path) -> Result<Option<Self>> {
         fs_err::create_dir_all(path)?;
-        let file = fs_err::OpenOptions::new()
-            .create(true)
+        Self::lock(path, true)
+    }
+
+    /// Locks an existing container directory, unless a running eskrun holds it. `None` too
+    /// when it is gone: another eskrun may be removing it right now.
+    pub fn lock_existing(path: &Path) -> Result<Option<Self>> {
+        Self::lock(path, false)
+    }
+
+    fn lock(path: &Path, create: bool) -> Result<Option<Self>> {
+        let lock_path = path.join("lock");
+        let file = match std::fs::OpenOptions::new()
+            .create(create)
             .truncate(false)
             .write(true)
-            .open(path.join("lock"))?
-            .into_parts()
-            .0;
+            .open(&lock_path)
+        {
+            Ok(f) => f,
+            Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", lock_path.display())),
+        };
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(Some(ContainerDir {
                 path: path.to_path_buf(),
                 _lock: lock,
             })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-            Err((_, e)) => {
-                Err(e).with_context(|| format!("locking {}", path.join("lock").display()))
-            }
+            Err((_, e)) => Err(e).with_context(|| format!("locking {}", lock_path.display())),
         }
     }
 

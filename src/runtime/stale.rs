@@ -24,7 +24,7 @@ pub fn find_and_kill(containers: &Path) -> Vec<Stale> {
     };
     let mut stale = Vec::new();
     for entry in entries.flatten() {
-        let Ok(Some(dir)) = ContainerDir::try_lock(&entry.path()) else {
+        let Ok(Some(dir)) = ContainerDir::lock_existing(&entry.path()) else {
             continue;
         };
         let Ok(Some(record)) = dir.read() else {

@@ -232,7 +232,8 @@ const READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// Builds the OCI runtime spec. No user namespace in it (eskrun is already in its own), no
+/// Builds the OCI runtime spec. No user or network namespace in it (eskrun is already in its
+/// own, and makes the network one itself when the container gets one), no
 /// `linux.resources` (limits fail without a delegated cgroup), rlimits inherited.
 pub fn to_oci(plan: &Plan, opts: &RunOptions, host: &Host) -> Result<Spec> {
     let gid_mapped = |g: u32| {
@@ -272,15 +273,12 @@ pub fn to_oci(plan: &Plan, opts: &RunOptions, host: &Host) -> Result<Spec> {
     let mut process = process;
     process.set_rlimits(None);
 
-    let mut ns = vec![
+    let ns = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
     ];
-    if opts.network != Network::Host {
-        ns.push(LinuxNamespaceType::Network);
-    }
     let namespaces = ns
         .into_iter()
         .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
@@ -328,7 +326,8 @@ pub fn to_oci(plan: &Plan, opts: &RunOptions, host: &Host) -> Result<Spec> {
         &["nosuid", "noexec", "nodev"],
     )?);
     if host.rootless && opts.network == Network::Host {
-        // sysfs can only be mounted by the owner of the network namespace.
+        // sysfs can only be mounted by the owner of the network namespace: eskrun's user
+        // namespace owns a new one, not the host's.
         mounts.push(mount(
             "/sys",
             "none",
