@@ -466,13 +466,20 @@ fn bad_input_gives_one_clear_line() {
         assert_eq!(code, 125);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains("unable to find user nosuchuser"), "{err}");
-        let (code, _, err) = output(w.run(&img, &["--rm", "img", "/no/such/binary"]));
+        let (code, _, err) = output(w.run(&img, &["img", "/no/such/binary"]));
         assert_eq!((code, err.as_str()), (127, "eskrun: /no/such/binary: executable file not found in the container (nor in its $PATH)\n"));
         let (code, _, err) = output(w.run(&img, &["--rm", "img", "/etc/passwd"]));
         assert_eq!((code, err.lines().count()), (126, 1), "{err}");
         let (code, _, err) = output(w.run(&img, &["--rm", "-w", "/etc/passwd/x", "img", "true"]));
         assert_eq!((code, err.lines().count()), (125, 1), "{err}");
         assert!(err.contains("working directory /etc/passwd/x"), "{err}");
+        // Containers that never started leave nothing behind, --rm or not.
+        assert_eq!(
+            std::fs::read_dir(w.path("state/containers"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }
 

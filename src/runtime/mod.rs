@@ -89,6 +89,7 @@ pub fn run(req: Request) -> Result<i32> {
     dir.write(&record)?;
 
     let result = run_in(&req, &plan, &identity, &dir, &mut record, &lc_root);
+    let started = record.init.is_some();
     if let (Err(_), Some((pid, _))) = (&result, record.init) {
         // Built but never waited for: it is our child, so the pid is still its own.
         let pid = nix::unistd::Pid::from_raw(pid);
@@ -98,8 +99,9 @@ pub fn run(req: Request) -> Result<i32> {
     // The mount namespace dies with eskrun, but the directory cannot be removed through it.
     let _ = nix::mount::umount2(&dir.path.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
     stale::delete_state(&lc_root.join(&id));
-    if req.remove {
-        fs_err::remove_dir_all(&dir.path).context("removing the container (--rm)")?;
+    // A container that never started leaves nothing either, unless `up` keeps its layer.
+    if req.remove || (!started && !req.reuse) {
+        fs_err::remove_dir_all(&dir.path).context("removing the container")?;
     } else {
         record.init = None;
         dir.write(&record)?;
