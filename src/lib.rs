@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod dirs;
+pub mod network;
 pub mod pull;
 pub mod reference;
 pub mod registry;
