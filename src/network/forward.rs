@@ -136,6 +136,8 @@ impl Forwarder {
                     let entered = enter(shared.netns.as_fd());
                     let ok = entered.is_ok();
                     let _ = entered_tx.send(entered);
+                    // serve() reads until every sender is gone.
+                    drop(entered_tx);
                     if ok {
                         body(shared);
                     }
@@ -239,7 +241,7 @@ impl RunningForwarder {
                 let _ = socket.shutdown(Shutdown::Both);
             }
         }
-        while !(live.tcp.is_empty() && live.udp.is_empty()) {
+        while !(live.tcp.is_empty() && live.udp_threads == 0) {
             live = self
                 .shared
                 .changed
@@ -274,6 +276,8 @@ struct Live {
     tcp: HashMap<u64, Vec<TcpStream>>,
     /// Per (UDP host socket, client address), its session.
     udp: HashMap<(usize, SocketAddr), Arc<Session>>,
+    /// Session threads still running; they hold the host sockets until they end.
+    udp_threads: usize,
 }
 
 impl Shared {
@@ -378,15 +382,20 @@ fn start_connection(client: TcpStream, port: u16, shared: &Arc<Shared>) {
     let _ = thread::Builder::new()
         .name("eskrun-fwd-conn".into())
         .stack_size(THREAD_STACK)
-        .spawn(move || relay_connection(client, port, guard));
+        .spawn(move || {
+            relay_connection(client, port, &guard);
+            // Only now, with every socket closed, may stop() consider it gone.
+            drop(guard);
+        });
 }
 
-fn relay_connection(client: TcpStream, port: u16, guard: ConnectionGuard) {
+fn relay_connection(client: TcpStream, port: u16, guard: &ConnectionGuard) {
     let inner = match connect_inner(port) {
         Ok(inner) => inner,
         Err(e) => {
             // Dropping the client closes it: no server in the container yet, or any more.
             debug!("port {port}: no connection inside the container: {e}");
+
             return;
         }
     };
@@ -435,6 +444,7 @@ fn relay(from: &TcpStream, to: &TcpStream) {
         }
         Err(e) => {
             debug!("forwarded connection ended: {e}");
+
             let _ = from.shutdown(Shutdown::Both);
             let _ = to.shutdown(Shutdown::Both);
         }
@@ -560,9 +570,21 @@ fn udp_session(
     thread::Builder::new()
         .name("eskrun-fwd-udp".into())
         .stack_size(THREAD_STACK)
-        .spawn(move || udp_replies(host, client, (index, client), thread_session, thread_shared))
+        .spawn(move || {
+            udp_replies(
+                host,
+                client,
+                (index, client),
+                thread_session,
+                &thread_shared,
+            );
+            // Counted down after udp_replies dropped its sockets.
+            thread_shared.lock().udp_threads -= 1;
+            thread_shared.changed.notify_all();
+        })
         .map_err(|e| debug!("port {mapping}: cannot start a UDP session: {e}"))
         .ok()?;
+    live.udp_threads += 1;
     live.udp.insert((index, client), Arc::clone(&session));
     Some(session)
 }
@@ -573,7 +595,7 @@ fn udp_replies(
     client: SocketAddr,
     key: (usize, SocketAddr),
     session: Arc<Session>,
-    shared: Arc<Shared>,
+    shared: &Shared,
 ) {
     let idle_ms = UDP_IDLE.as_millis() as u64;
     let mut buf = vec![0u8; 65536];
@@ -595,7 +617,7 @@ fn udp_replies(
         }
         let timeout = PollTimeout::try_from(Duration::from_millis(idle_ms - quiet))
             .unwrap_or(PollTimeout::MAX);
-        let Some(ready) = wait_ready(&[session.inner.as_fd()], &shared, timeout) else {
+        let Some(ready) = wait_ready(&[session.inner.as_fd()], shared, timeout) else {
             shared.lock().udp.remove(&key);
             break;
         };
@@ -607,5 +629,4 @@ fn udp_replies(
             }
         }
     }
-    shared.changed.notify_all();
 }

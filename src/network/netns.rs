@@ -1,13 +1,11 @@
 //! Entering the container's network namespace, one thread at a time.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
-use nix::fcntl::{open, OFlag};
 use nix::libc;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-use nix::sys::stat::Mode;
 
 use super::NetworkError;
 
@@ -18,10 +16,30 @@ pub(crate) fn enter(netns: BorrowedFd) -> Result<(), NetworkError> {
 
 /// Sets `lo` up in `netns` (a new network namespace starts with it down, and the container's
 /// process may lack CAP_NET_ADMIN to do it). Call it after the container is created and before
-/// its process runs. It starts no thread: the calling thread visits the namespace just long
-/// enough to open a socket there, which keeps its namespace for the `ioctl`.
+/// its process runs. The work is done by one short-lived thread, joined before this returns:
+/// rootless, a thread that entered the container's namespace can never go back to the host's
+/// (owned by the initial user namespace), so the caller's thread must not make the trip.
 pub fn bring_loopback_up(netns: BorrowedFd) -> Result<(), NetworkError> {
-    let socket = socket_in(netns)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter(netns)?;
+                set_loopback_up().map_err(NetworkError::Loopback)
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// SIOCSIFFLAGS on a socket of the calling thread's network namespace.
+fn set_loopback_up() -> nix::Result<()> {
+    let socket = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: all-zero is a valid ifreq.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in request.ifr_name.iter_mut().zip(b"lo") {
         *dst = *src as libc::c_char;
@@ -29,33 +47,10 @@ pub fn bring_loopback_up(netns: BorrowedFd) -> Result<(), NetworkError> {
     // SAFETY: `request` is a valid ifreq naming "lo", as SIOC[GS]IFFLAGS expect.
     Errno::result(unsafe {
         libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut request)
-    })
-    .map_err(NetworkError::Loopback)?;
+    })?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    Errno::result(unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS as _, &request) })
-        .map_err(NetworkError::Loopback)?;
+    // SAFETY: as above, with the flags to set.
+    Errno::result(unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS as _, &request) })?;
     Ok(())
-}
-
-/// A datagram socket living in `netns`, made by a short visit of the calling thread.
-fn socket_in(netns: BorrowedFd) -> Result<OwnedFd, NetworkError> {
-    let home = open(
-        "/proc/thread-self/ns/net",
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(NetworkError::EnterNetns)?;
-    // SAFETY: `open` returned a new fd that nothing else owns.
-    let home = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(home) };
-    enter(netns)?;
-    let socket = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    );
-    // Go home whatever happened: the caller's thread must not stay in the container's network.
-    setns(&home, CloneFlags::CLONE_NEWNET).map_err(NetworkError::EnterNetns)?;
-    socket.map_err(NetworkError::Loopback)
 }
