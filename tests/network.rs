@@ -191,6 +191,13 @@ fn run_helper(mode: &str) {
                 });
             }
         }
+        _ if mode == "forward-then-sleep" => {
+            let forwarder = Forwarder::bind(&[mapping(localhost(), 0, 9, Protocol::Tcp)]).unwrap();
+            println!("port {}", forwarder.published()[0].host_port);
+            let netns = std::fs::File::open("/proc/self/ns/net").unwrap();
+            let _running = forwarder.serve(netns.into()).unwrap();
+            std::thread::sleep(Duration::from_secs(600));
+        }
         _ if mode == "rootless" => rootless_check(),
         _ => panic!("unknown helper mode {mode}"),
     }
@@ -513,4 +520,58 @@ fn rootless_check() {
     running.stop();
     std::fs::remove_dir_all(dir).unwrap();
     println!("rootless forward ok");
+}
+
+#[test]
+fn killed_forwarder_leaves_no_listener() {
+    let mut child = helper_command("forward-then-sleep")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let port: u16 = std::io::BufRead::lines(stdout)
+        .map(Result::unwrap)
+        // libtest prints "test helper ... " on the same line.
+        .find_map(|line| {
+            line.split("port ")
+                .nth(1)
+                .map(|p| p.trim().parse().unwrap())
+        })
+        .expect("the helper prints its port");
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    assert!(TcpListener::bind(addr).is_err(), "the helper listens");
+    // Port 9 has no server: the forwarder answers with a closed connection.
+    assert_closed(TcpStream::connect(addr).unwrap());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    TcpListener::bind(addr).expect("nothing listens after the forwarder was killed");
+}
+
+#[test]
+fn listeners_are_not_inherited_by_children() {
+    let forwarder = Forwarder::bind(&[mapping(localhost(), 0, 80, Protocol::Tcp)]).unwrap();
+    let port = forwarder.published()[0].host_port;
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let bound = format!("0100007F:{port:04X}");
+    let inode = table
+        .lines()
+        .find(|l| l.contains(&bound))
+        .and_then(|l| l.split_whitespace().nth(9))
+        .expect("the listener is in /proc/net/tcp");
+    let socket = format!("socket:[{inode}]");
+    let ours = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|link| link.as_os_str() == socket.as_str());
+    assert!(ours, "this process holds {socket}");
+    let out = Command::new("sh")
+        .args(["-c", "for fd in /proc/$$/fd/*; do readlink $fd; done"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8(out.stdout).unwrap();
+    // The listing worked (a readlink of the fd the glob used may fail: not checked).
+    assert!(links.contains("pipe:"), "{links}");
+    assert!(!links.contains(&socket), "{links}");
+    drop(forwarder);
 }
