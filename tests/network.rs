@@ -471,18 +471,36 @@ fn loopback_comes_up_in_a_fresh_netns() {
 #[test]
 fn unprivileged_user_namespace_forwards_into_its_netns() {
     let (uid, gid) = ensure_user("eskrun-nettest");
-    let helper = helper_command("rootless");
-    let out = Command::new("setpriv")
-        .args([
+    let as_user = || {
+        let mut command = Command::new("setpriv");
+        command.args([
             format!("--reuid={uid}"),
             format!("--regid={gid}"),
             "--clear-groups".into(),
-            "unshare".into(),
-            "--user".into(),
-            "--map-root-user".into(),
-            "--".into(),
-        ])
-        .arg(helper.get_program())
+        ]);
+        command
+    };
+    let helper = helper_command("rootless");
+    let mut exe = std::path::PathBuf::from(helper.get_program());
+    let copy_dir = tempdir("bin");
+    // The test binary may sit where the user cannot reach it (a target dir under /root).
+    if !as_user()
+        .arg("test")
+        .arg("-x")
+        .arg(&exe)
+        .status()
+        .unwrap()
+        .success()
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&copy_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = copy_dir.join("network-test");
+        std::fs::copy(&exe, &copy).unwrap();
+        exe = copy;
+    }
+    let out = as_user()
+        .args(["unshare", "--user", "--map-root-user", "--"])
+        .arg(&exe)
         .args(helper.get_args())
         .env(HELPER_ENV, "rootless")
         .current_dir("/")
@@ -492,6 +510,7 @@ fn unprivileged_user_namespace_forwards_into_its_netns() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("rootless forward ok"), "{stdout}\n{stderr}");
+    std::fs::remove_dir_all(copy_dir).unwrap();
 }
 
 /// The unprivileged side of the test above, run as root of a user namespace it created.
@@ -517,6 +536,23 @@ fn rootless_check() {
     let running = forwarder.serve(server.netns()).unwrap();
     let response = http_get(addr);
     assert!(response.ends_with("rootless"), "{response}");
+    let unprivileged_start: u16 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    if unprivileged_start > 80 {
+        let err = check_free(&[mapping(localhost(), 80, 80, Protocol::Tcp)]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot listen on 127.0.0.1:80/tcp: Permission denied")
+                && err.to_string().ends_with(
+                    "; ports below 1024 need privileges: publish a host port above 1023"
+                ),
+            "{err}"
+        );
+    }
     running.stop();
     std::fs::remove_dir_all(dir).unwrap();
     println!("rootless forward ok");
@@ -574,4 +610,18 @@ fn listeners_are_not_inherited_by_children() {
     assert!(links.contains("pipe:"), "{links}");
     assert!(!links.contains(&socket), "{links}");
     drop(forwarder);
+}
+
+#[test]
+fn address_not_on_this_host_is_one_line() {
+    // TEST-NET-2: documentation addresses, never configured on a real host.
+    let ip = Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)));
+    let err = Forwarder::bind(&[mapping(ip, 0, 80, Protocol::Tcp)])
+        .err()
+        .unwrap();
+    assert_eq!(
+        err.to_string(),
+        "cannot listen on 198.51.100.1:0/tcp: Cannot assign requested address (os error 99); \
+         no interface of this host has that address"
+    );
 }

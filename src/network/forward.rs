@@ -203,9 +203,9 @@ fn listen_error(m: &PortMapping, source: io::Error) -> NetworkError {
             source,
             hint: match kind {
                 io::ErrorKind::PermissionDenied if m.host_port < 1024 => {
-                    " (ports below 1024 need privileges: publish a host port above 1023)"
+                    "; ports below 1024 need privileges: publish a host port above 1023"
                 }
-                io::ErrorKind::AddrNotAvailable => " (no interface of this host has that address)",
+                io::ErrorKind::AddrNotAvailable => "; no interface of this host has that address",
                 _ => "",
             },
         },
