@@ -60,14 +60,32 @@ fn http_get(addr: SocketAddr) -> String {
     response
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "eskrun-net-{tag}-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory under the temp dir, removed when dropped (also when a test panics).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "eskrun-net-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn published_addr(forwarder: &Forwarder) -> SocketAddr {
@@ -94,7 +112,7 @@ fn assert_closed(mut stream: TcpStream) {
 
 #[test]
 fn same_port_forwards_http() {
-    let dir = tempdir("same");
+    let dir = TempDir::new("same");
     let port = free_port();
     let server = httpd_in_netns(&dir, port, "same port");
     let forwarder = Forwarder::bind(&[mapping(None, port, port, Protocol::Tcp)]).unwrap();
@@ -104,12 +122,11 @@ fn same_port_forwards_http() {
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(response.ends_with("same port"), "{response}");
     running.stop();
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn remapped_port_forwards_http_and_is_reachable_on_all_addresses() {
-    let dir = tempdir("remap");
+    let dir = TempDir::new("remap");
     let server = httpd_in_netns(&dir, 8080, "remapped");
     let forwarder = Forwarder::bind(&[mapping(None, 0, 8080, Protocol::Tcp)]).unwrap();
     let published = forwarder.published()[0];
@@ -122,7 +139,6 @@ fn remapped_port_forwards_http_and_is_reachable_on_all_addresses() {
         assert!(response.ends_with("remapped"), "{response}");
     }
     drop(running);
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// One of the host's own non-loopback IPv4 addresses, if it has any.
@@ -140,7 +156,7 @@ fn non_loopback_ipv4() -> Option<Ipv4Addr> {
 
 #[test]
 fn loopback_only_binding_is_not_reachable_elsewhere() {
-    let dir = tempdir("lo-only");
+    let dir = TempDir::new("lo-only");
     let server = httpd_in_netns(&dir, 8080, "loopback only");
     let forwarder = Forwarder::bind(&[mapping(localhost(), 0, 8080, Protocol::Tcp)]).unwrap();
     let port = forwarder.published()[0].host_port;
@@ -166,7 +182,6 @@ fn loopback_only_binding_is_not_reachable_elsewhere() {
         }
     }
     running.stop();
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Helper modes of this test binary, run as a child process (see `helper`).
@@ -394,7 +409,7 @@ fn server_exit_closes_open_connections() {
 
 #[test]
 fn client_before_server_listens_gets_a_closed_connection() {
-    let dir = tempdir("early");
+    let dir = TempDir::new("early");
     std::fs::write(dir.join("index.html"), "late server").unwrap();
     let mut server = Proc::in_netns(
         "ip link set lo up && read go && exec busybox httpd -f -p 127.0.0.1:8080 -h $1",
@@ -409,7 +424,6 @@ fn client_before_server_listens_gets_a_closed_connection() {
     let response = http_get(addr);
     assert!(response.ends_with("late server"), "{response}");
     running.stop();
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -482,7 +496,7 @@ fn unprivileged_user_namespace_forwards_into_its_netns() {
     };
     let helper = helper_command("rootless");
     let mut exe = std::path::PathBuf::from(helper.get_program());
-    let copy_dir = tempdir("bin");
+    let copy_dir = TempDir::new("bin");
     // The test binary may sit where the user cannot reach it (a target dir under /root).
     if !as_user()
         .arg("test")
@@ -493,7 +507,7 @@ fn unprivileged_user_namespace_forwards_into_its_netns() {
         .success()
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&copy_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&*copy_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let copy = copy_dir.join("network-test");
         std::fs::copy(&exe, &copy).unwrap();
         exe = copy;
@@ -510,7 +524,6 @@ fn unprivileged_user_namespace_forwards_into_its_netns() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("rootless forward ok"), "{stdout}\n{stderr}");
-    std::fs::remove_dir_all(copy_dir).unwrap();
 }
 
 /// The unprivileged side of the test above, run as root of a user namespace it created.
@@ -521,7 +534,7 @@ fn rootless_check() {
         !uid_map.split_whitespace().eq(["0", "0", "4294967295"]),
         "{uid_map}"
     );
-    let dir = tempdir("rootless");
+    let dir = TempDir::new("rootless");
     std::fs::write(dir.join("index.html"), "rootless").unwrap();
     // lo is down: the server waits for us to bring it up.
     let mut server = Proc::in_netns(
@@ -554,7 +567,6 @@ fn rootless_check() {
         );
     }
     running.stop();
-    std::fs::remove_dir_all(dir).unwrap();
     println!("rootless forward ok");
 }
 
