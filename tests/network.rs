@@ -7,12 +7,12 @@ mod netns;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::Command;
 use std::time::Duration;
 
 use eskrun::network::{
-    bring_loopback_up, check_free, Forwarder, NetworkError, PortMapping, Protocol,
+    bring_loopback_up, check_free, create_netns, Forwarder, NetworkError, PortMapping, Protocol,
 };
 use netns::{ensure_user, free_port, Proc};
 
@@ -567,6 +567,8 @@ fn rootless_check() {
         );
     }
     running.stop();
+    let created = create_netns().unwrap();
+    assert!(lo_addresses(&created).contains("127.0.0.1"));
     println!("rootless forward ok");
 }
 
@@ -636,4 +638,51 @@ fn address_not_on_this_host_is_one_line() {
         "cannot listen on 198.51.100.1:0/tcp: Cannot assign requested address (os error 99); \
          no interface of this host has that address"
     );
+}
+
+/// `ip addr show dev lo` inside the namespace `netns` (an fd of this process).
+fn lo_addresses(netns: &std::os::fd::OwnedFd) -> String {
+    let path = format!(
+        "--net=/proc/{}/fd/{}",
+        std::process::id(),
+        netns.as_raw_fd()
+    );
+    let out = Command::new("nsenter")
+        .args([path.as_str(), "ip", "-o", "addr", "show", "dev", "lo"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn created_netns_has_loopback_up_and_takes_forwarded_connections() {
+    let home = thread_netns();
+    let netns = create_netns().unwrap();
+    assert_eq!(thread_netns(), home, "the calling thread stays at home");
+    assert!(lo_addresses(&netns).contains("127.0.0.1"));
+    let dir = TempDir::new("created");
+    std::fs::write(dir.join("index.html"), "joined").unwrap();
+    // What the container does: join the namespace by path, then serve.
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!(
+            "--net=/proc/{}/fd/{}",
+            std::process::id(),
+            netns.as_raw_fd()
+        ))
+        .args(["busybox", "httpd", "-f", "-p", "127.0.0.1:8080", "-h"])
+        .arg(&*dir);
+    let mut server = Proc::wrapped_in_netns(command);
+    server.wait_listening(8080, "tcp");
+    let forwarder = Forwarder::bind(&[mapping(localhost(), 0, 8080, Protocol::Tcp)]).unwrap();
+    let addr = published_addr(&forwarder);
+    let running = forwarder.serve(netns).unwrap();
+    let response = http_get(addr);
+    assert!(response.ends_with("joined"), "{response}");
+    running.stop();
 }

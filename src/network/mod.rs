@@ -13,6 +13,9 @@
 //! when it clones the container; [`Forwarder::serve`] starts the threads once the container runs;
 //! [`RunningForwarder::stop`] (or dropping it) closes listeners and connections when the
 //! container exits. For `--network host`, [`check_free`] gives the same early error.
+//!
+//! A new network namespace has `lo` down: [`create_netns`] makes one with `lo` up for the
+//! container to join, or [`bring_loopback_up`] fixes the container's own.
 
 mod forward;
 mod holder;
@@ -20,7 +23,7 @@ mod netns;
 mod publish;
 
 pub use forward::{check_free, Forwarder, RunningForwarder};
-pub use netns::bring_loopback_up;
+pub use netns::{bring_loopback_up, create_netns};
 pub use publish::{exposed_to_mappings, parse_publish, PortMapping, Protocol};
 
 use std::net::SocketAddr;
@@ -60,6 +63,11 @@ pub enum NetworkError {
 
     #[error("cannot enter the container's network namespace: {0} (eskrun needs CAP_SYS_ADMIN over it, e.g. by running in the user namespace that owns it)")]
     EnterNetns(#[source] nix::Error),
+
+    #[error(
+        "cannot create a network namespace: {0} (eskrun needs CAP_SYS_ADMIN in its user namespace)"
+    )]
+    CreateNetns(#[source] nix::Error),
 
     #[error("cannot bring up the loopback interface in the container's network namespace: {0}")]
     Loopback(#[source] nix::Error),

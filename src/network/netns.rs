@@ -1,11 +1,13 @@
 //! Entering the container's network namespace, one thread at a time.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
 use nix::libc;
-use nix::sched::{setns, CloneFlags};
+use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use nix::sys::stat::Mode;
 
 use super::NetworkError;
 
@@ -25,6 +27,33 @@ pub fn bring_loopback_up(netns: BorrowedFd) -> Result<(), NetworkError> {
             .spawn(|| {
                 enter(netns)?;
                 set_loopback_up().map_err(NetworkError::Loopback)
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Creates a new network namespace with `lo` up and returns it as an fd, for a container to
+/// join (e.g. an OCI `network` namespace with path `/proc/self/fd/N`, inherited by an init that
+/// is cloned without exec) and for [`crate::network::Forwarder::serve`]. This avoids opening
+/// the container's `/proc/PID/ns/net` before it execs, which is refused while it is
+/// non-dumpable. The namespace belongs to the caller's user namespace: rootless, call it after
+/// entering eskrun's own. Like [`bring_loopback_up`] it uses one short-lived, joined thread
+/// (unshare(CLONE_NEWNET) affects only the calling thread, which cannot come back rootless).
+pub fn create_netns() -> Result<OwnedFd, NetworkError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(NetworkError::CreateNetns)?;
+                set_loopback_up().map_err(NetworkError::Loopback)?;
+                let fd = open(
+                    "/proc/thread-self/ns/net",
+                    OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(NetworkError::CreateNetns)?;
+                // SAFETY: `open` returned a new fd that nothing else owns.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
