@@ -10,8 +10,11 @@ mod stream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use std::io;
+
+use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
+use nix::errno::Errno;
 use oci_client::manifest::OciDescriptor;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -19,8 +22,10 @@ use tokio::task::JoinSet;
 use crate::digest::HashingReader;
 use crate::reference::ImageRef;
 use crate::registry::{Options, Platform, RegistryClient};
-use crate::store::{BlobKind, LayerMeta, LayerSlot, LayerWriter, Mode, RefRecord, Store};
-use crate::unpack::{self, PendingLink, UnpackOptions};
+use crate::store::{
+    BlobKind, LayerMeta, LayerSlot, LayerWriter, Mode, RefRecord, Store, WAITING_FOR_CACHE,
+};
+use crate::unpack::{self, PendingLink, UnpackError, UnpackOptions};
 
 pub use progress::Progress;
 use stream::{ChannelReader, CHANNEL_CHUNKS};
@@ -50,13 +55,53 @@ pub enum Outcome {
 pub fn pull(cache_dir: &Path, reference: &ImageRef, options: &PullOptions) -> Result<Outcome> {
     let store = Arc::new(Store::open(cache_dir)?);
     // Held for the whole pull: rmi/prune wait rather than collect layers we are about to name.
-    let _cache = store.lock(Mode::Shared)?;
+    let progress = Progress::new(options.quiet);
+    let _cache = store.lock_or_else(Mode::Shared, || {
+        progress.say(&format!("eskrun: {WAITING_FOR_CACHE}"))
+    })?;
     let client = Arc::new(RegistryClient::new(Options::from_env(options.insecure)?));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(pull_image(store, client, reference, options))
+    runtime
+        .block_on(pull_image(store, client, reference, options, progress))
+        .map_err(|err| {
+            if is_disk_full(&err) {
+                anyhow!(
+                    "disk full while writing the cache at {}: free space or set ESKRUN_CACHE",
+                    cache_dir.display()
+                )
+            } else {
+                err
+            }
+        })
+}
+
+/// Whether `err` comes from a full disk or an exhausted quota, wherever in the chain: the
+/// user needs to know that, not which file was being written.
+fn is_disk_full(err: &anyhow::Error) -> bool {
+    let full = |error: &io::Error| {
+        matches!(
+            error.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        )
+    };
+    err.chain().any(|cause| {
+        if let Some(error) = cause.downcast_ref::<io::Error>() {
+            return full(error);
+        }
+        match cause.downcast_ref::<UnpackError>() {
+            Some(UnpackError::Entry { error, .. } | UnpackError::Dest { error, .. }) => {
+                full(error)
+            }
+            // Link completion reports its io errors as text.
+            Some(UnpackError::Link { reason, .. }) => [Errno::ENOSPC, Errno::EDQUOT]
+                .iter()
+                .any(|errno| reason.contains(&io::Error::from(*errno).to_string())),
+            _ => false,
+        }
+    })
 }
 
 async fn pull_image(
@@ -64,8 +109,8 @@ async fn pull_image(
     client: Arc<RegistryClient>,
     reference: &ImageRef,
     options: &PullOptions,
+    progress: Progress,
 ) -> Result<Outcome> {
-    let progress = Progress::new(options.quiet);
     let platform = options.platform.to_string();
     if let Some(record) = store.read_ref(reference)? {
         if record.platform == platform && store.image(&record).is_ok() {
@@ -112,7 +157,11 @@ async fn pull_image(
     let mut fetched = Vec::new();
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
-        match joined.context("a layer task failed")? {
+        let layer = match joined {
+            Err(err) if err.is_cancelled() => continue, // after the failure below
+            joined => joined.context("a layer task failed")?,
+        };
+        match layer {
             Ok(layer) => fetched.push(layer),
             Err(err) if failure.is_none() => {
                 failure = Some(err);
@@ -202,9 +251,13 @@ impl LayerJob {
         let short = short_digest(&digest).to_string();
         let store = self.store.clone();
         let claim_digest = digest.clone();
-        let slot = tokio::task::spawn_blocking(move || store.claim_layer(&claim_digest))
-            .await
-            .context("layer claim task failed")??;
+        let progress = self.progress.clone();
+        let waiting = format!("{short}: waiting for another eskrun that is fetching this layer");
+        let slot = tokio::task::spawn_blocking(move || {
+            store.claim_layer(&claim_digest, || progress.say(&waiting))
+        })
+        .await
+        .context("layer claim task failed")??;
         let writer = match slot {
             LayerSlot::Present(dir) => return Ok(Fetched::Present(dir.join("tree"))),
             LayerSlot::Fresh(writer) => writer,
@@ -214,14 +267,17 @@ impl LayerJob {
         let bar = self.progress.layer(&short, self.layer.size.max(0) as u64);
 
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_CHUNKS);
-        let tree = writer.tree();
         let name = digest.clone();
+        // The claim travels with the unpacker: when this task is aborted (another layer
+        // failed), the unpacker runs on until the closed channel stops it, and only then is
+        // the claim dropped and its tmp directory removed, not while files still land in it.
         let unpacker = tokio::task::spawn_blocking(move || {
             let options = UnpackOptions::for_current_process();
             let mut reader = HashingReader::new(ChannelReader::new(rx));
-            let unpacked = unpack::unpack_layer(&mut reader, compression, &tree, &name, &options);
+            let unpacked =
+                unpack::unpack_layer(&mut reader, compression, &writer.tree(), &name, &options);
             let hashed = reader.drain().map(|()| reader.finish());
-            (unpacked, hashed)
+            (writer, unpacked, hashed)
         });
 
         let mut blob = std::pin::pin!(self.client.blob_stream(&self.reference, &self.layer));
@@ -241,7 +297,7 @@ impl LayerJob {
             }
         }
         drop(tx);
-        let (unpacked, hashed) = unpacker.await.context("unpack task failed")?;
+        let (writer, unpacked, hashed) = unpacker.await.context("unpack task failed")?;
         if let Some(err) = broken {
             return Err(err).with_context(context);
         }
@@ -260,7 +316,8 @@ impl LayerJob {
                 self.layer.size
             );
         }
-        let unpacked = unpacked.with_context(context)?;
+        // Unpack errors name the layer themselves.
+        let unpacked = unpacked.with_context(|| format!("image {}", self.reference))?;
         if unpacked.diff_id != self.diff_id {
             bail!(
                 "image {}, layer {digest}: its uncompressed content hashes to {} but the image \
