@@ -13,7 +13,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::eskrun::{names, running_as_root, snapshot, Eskrun, Run};
+use common::eskrun::{names, running_as_root, snapshot, Eskrun, Run, Stamp};
 use common::layers::{Layer as Tar, Meta, MTIME};
 use common::registry::*;
 use tar::EntryType;
@@ -66,7 +66,11 @@ fn main_layers() -> [Vec<u8>; 3] {
         .device("dev/pipe", EntryType::Fifo, 0, 0)
         .dir_with("home", Meta::mode(0o755))
         .dir_with("home/user", Meta::mode(0o700).owner(1000, 1000))
-        .file_with("home/user/owned", Meta::mode(0o600).owner(1000, 1001), b"mine")
+        .file_with(
+            "home/user/owned",
+            Meta::mode(0o600).owner(1000, 1001),
+            b"mine",
+        )
         .tar();
     [base, changes, privileged]
 }
@@ -177,7 +181,10 @@ fn check_main_layers(eskrun: &Eskrun, digests: &[String], rootless: Option<(u32,
     );
     assert_eq!(node(&base.join("etc/passwd")), file(0o644, PASSWD, 1));
     assert_eq!(node(&base.join("bin/tool")), file(0o4755, b"#!tool\n", 2));
-    assert_eq!(node(&base.join("bin/tool-link")), file(0o4755, b"#!tool\n", 2));
+    assert_eq!(
+        node(&base.join("bin/tool-link")),
+        file(0o4755, b"#!tool\n", 2)
+    );
     assert_eq!(
         fs::metadata(base.join("bin/tool")).unwrap().ino(),
         fs::metadata(base.join("bin/tool-link")).unwrap().ino()
@@ -187,7 +194,10 @@ fn check_main_layers(eskrun: &Eskrun, digests: &[String], rootless: Option<(u32,
     assert_eq!(node(&base.join("dangling")), symlink("/nowhere/at/all"));
     assert_eq!(node(&base.join("tmp")), dir(0o1777));
     assert_eq!(node(&base.join("was-dir")), dir(0o755));
-    assert_eq!(node(&base.join("was-file")), file(0o644, b"a file first", 1));
+    assert_eq!(
+        node(&base.join("was-file")),
+        file(0o644, b"a file first", 1)
+    );
     assert_eq!(node(&base.join(LONG_NAME)), file(0o644, b"long", 1));
     assert_eq!(
         fs::symlink_metadata(base.join("etc/passwd"))
@@ -353,11 +363,7 @@ fn noise(seed: u32, len: usize) -> Vec<u8> {
 fn big_layer(seed: u32, files: usize) -> Vec<u8> {
     let mut tar = Tar::new().dir("big", 0o755);
     for i in 0..files {
-        tar = tar.file(
-            &format!("big/{i}"),
-            0o644,
-            &noise(seed + i as u32, 1 << 20),
-        );
+        tar = tar.file(&format!("big/{i}"), 0o644, &noise(seed + i as u32, 1 << 20));
     }
     tar.tar()
 }
@@ -365,13 +371,16 @@ fn big_layer(seed: u32, files: usize) -> Vec<u8> {
 fn check_big_layer(tree: &Path, seed: u32, files: usize) {
     for i in 0..files {
         let content = fs::read(tree.join(format!("big/{i}"))).unwrap();
-        assert!(content == noise(seed + i as u32, 1 << 20), "big/{i} differs");
+        assert!(
+            content == noise(seed + i as u32, 1 << 20),
+            "big/{i} differs"
+        );
     }
 }
 
 /// The cache's content apart from lock files (created on first use and never holding
 /// data) and `tmp/` (whose own mtime changes with every claimed layer).
-fn cache_state(eskrun: &Eskrun) -> Vec<(PathBuf, (u64, i64, i64, u32, u64))> {
+fn cache_state(eskrun: &Eskrun) -> Vec<(PathBuf, Stamp)> {
     snapshot(&eskrun.store())
         .into_iter()
         .filter(|(path, _)| !path.starts_with("locks") && !path.starts_with("tmp"))
@@ -420,7 +429,10 @@ async fn docker_and_oci_images_are_unpacked_file_by_file_and_listed() {
 
     let rows = listed(&eskrun);
     assert_eq!(rows.len(), 2, "{rows:?}");
-    for (row, (repo, pushed)) in rows.iter().zip([("main/docker", &docker), ("main/oci", &oci)]) {
+    for (row, (repo, pushed)) in rows
+        .iter()
+        .zip([("main/docker", &docker), ("main/oci", &oci)])
+    {
         assert_eq!(row["reference"], format!("{}/{repo}:1", reg.host));
         assert_eq!(row["platform"], "linux/amd64");
         assert_eq!(row["manifest_digest"], pushed.manifest_digest.as_str());
@@ -472,8 +484,12 @@ async fn manifest_list_and_oci_index_choose_the_platform() {
 
     let eskrun = Eskrun::new();
     let which = |pushed: &PushedImage| {
-        fs::read_to_string(eskrun.layer_dir(&pushed.layer_digests[0]).join("tree/which"))
-            .unwrap()
+        fs::read_to_string(
+            eskrun
+                .layer_dir(&pushed.layer_digests[0])
+                .join("tree/which"),
+        )
+        .unwrap()
     };
     eskrun
         .run(&["pull", "-q", &format!("{}/multi/app:list", reg.host)])
@@ -499,12 +515,17 @@ async fn manifest_list_and_oci_index_choose_the_platform() {
     assert_eq!(rows[0]["platform"], "linux/amd64");
     assert_eq!(rows[0]["manifest_digest"], amd64.manifest_digest.as_str());
     assert_eq!(rows[1]["platform"], "linux/arm64/v8");
-    assert_eq!(rows[1]["manifest_digest"], oci_arm64.manifest_digest.as_str());
+    assert_eq!(
+        rows[1]["manifest_digest"],
+        oci_arm64.manifest_digest.as_str()
+    );
     let record: serde_json::Value = serde_json::from_slice(
-        &fs::read(eskrun.store().join("refs").join(format!(
-            "{}%2Fmulti%2Foci:index.json",
-            reg.host
-        )))
+        &fs::read(
+            eskrun
+                .store()
+                .join("refs")
+                .join(format!("{}%2Fmulti%2Foci:index.json", reg.host)),
+        )
         .unwrap(),
     )
     .unwrap();
@@ -535,15 +556,29 @@ async fn tampered_layer_is_refused_and_nothing_of_it_is_stored() {
         .push_image(
             "tampered/app",
             "1",
-            &ImageSpec::with_layers(Format::Docker, vec![Layer::gzip(&good), Layer::gzip(&bad)]),
+            &ImageSpec::with_layers(
+                Format::Docker,
+                vec![
+                    Layer::gzip(&good),
+                    Layer::gzip(&bad),
+                    Layer::plain(big_layer(500, 2)),
+                ],
+            ),
         )
         .await;
     let bad_digest = &pushed.layer_digests[1];
     reg.tamper_blob(bad_digest);
+    // The third layer hangs mid-transfer: the failure of the second must stop it, and its
+    // partial directory must go.
+    let proxy = FaultProxy::start(reg.addr());
+    proxy.inject(
+        &format!("/blobs/{}", pushed.layer_digests[2]),
+        Fault::StallAfter(1_200_000),
+    );
 
     let eskrun = Eskrun::new();
     let msg = eskrun
-        .run(&["pull", "-q", &format!("{}/tampered/app:1", reg.host)])
+        .run(&["pull", "-q", &format!("{}/tampered/app:1", proxy.host)])
         .one_line_error();
     assert!(msg.contains(&format!("layer {bad_digest}")), "{msg}");
     assert!(msg.contains("hashes to"), "{msg}");
@@ -648,15 +683,32 @@ async fn sigkill_mid_pull_leaves_no_layer_that_looks_complete() {
         names(&eskrun.store().join("tmp")).is_empty(),
         "the dead pull's leftover was removed"
     );
-    assert_eq!(blob_gets(&proxy, small_digest), 1, "the finished layer is kept");
+    assert_eq!(
+        blob_gets(&proxy, small_digest),
+        1,
+        "the finished layer is kept"
+    );
     assert_eq!(references(&eskrun), [image]);
 }
 
 #[tokio::test]
 async fn concurrent_pulls_of_one_image_fetch_each_layer_once() {
     let reg = TestRegistry::start(Mode::Plain);
-    let layers: Vec<Layer> = (0..3)
-        .map(|i| Layer::gzip(&big_layer(300 + 10 * i, 2)))
+    // The two upper layers hard-link a file of the bottom one: each completes its links only
+    // once the layers below are in the cache, whichever pull stores them.
+    let layers: Vec<Layer> = (0..3u32)
+        .map(|i| {
+            let tar = match i {
+                0 => Tar::new().dir("base", 0o755).file("base/f", 0o644, b"f"),
+                _ => Tar::new().hardlink(&format!("link{i}"), "base/f"),
+            };
+            let mut tar = tar.tar();
+            // Append the big files after the small entries (drop the end marker first).
+            tar.truncate(tar.len() - 1024);
+            let big = big_layer(300 + 10 * i, 2);
+            tar.extend_from_slice(&big);
+            Layer::gzip(&tar)
+        })
         .collect();
     let pushed = reg
         .push_image(
@@ -668,20 +720,24 @@ async fn concurrent_pulls_of_one_image_fetch_each_layer_once() {
     let proxy = FaultProxy::start(reg.addr());
     let eskrun = Eskrun::new();
     let image = format!("{}/shared/app:1", proxy.host);
-    let children: Vec<_> = (0..4)
-        .map(|_| eskrun.spawn(&["pull", "--quiet", &image]))
+    let children: Vec<_> = ["1", "2", "4", "4"]
+        .iter()
+        .map(|jobs| eskrun.spawn(&["pull", "--quiet", "--jobs", jobs, &image]))
         .collect();
     for child in children {
         let run = Eskrun::wait(child).ok();
-        assert_eq!(run.stderr, "", "--quiet, even when waiting for another pull");
+        assert_eq!(
+            run.stderr, "",
+            "--quiet, even when waiting for another pull"
+        );
     }
     for (i, digest) in pushed.layer_digests.iter().enumerate() {
         assert_eq!(blob_gets(&proxy, digest), 1, "layer {digest}");
-        check_big_layer(
-            &eskrun.layer_dir(digest).join("tree"),
-            300 + 10 * i as u32,
-            2,
-        );
+        let tree = eskrun.layer_dir(digest).join("tree");
+        check_big_layer(&tree, 300 + 10 * i as u32, 2);
+        if i > 0 {
+            assert_eq!(node(&tree.join(format!("link{i}"))), file(0o644, b"f", 1));
+        }
     }
     assert_eq!(references(&eskrun), [image]);
     assert!(names(&eskrun.store().join("tmp")).is_empty());
@@ -698,7 +754,10 @@ async fn re_pull_of_an_up_to_date_image_costs_one_head_and_writes_nothing() {
         .push_image(
             "fresh/app",
             "1",
-            &ImageSpec::with_layers(Format::Docker, tars.iter().map(|t| Layer::gzip(t)).collect()),
+            &ImageSpec::with_layers(
+                Format::Docker,
+                tars.iter().map(|t| Layer::gzip(t)).collect(),
+            ),
         )
         .await;
     let proxy = FaultProxy::start(reg.addr());
@@ -717,10 +776,12 @@ async fn re_pull_of_an_up_to_date_image_costs_one_head_and_writes_nothing() {
         );
     }
     assert!(
-        first.stderr.lines().last().unwrap().contains(&format!(
-            "{image}: pulled {}",
-            pushed.manifest_digest
-        )),
+        first
+            .stderr
+            .lines()
+            .last()
+            .unwrap()
+            .contains(&format!("{image}: pulled {}", pushed.manifest_digest)),
         "{}",
         first.stderr
     );
@@ -838,15 +899,17 @@ async fn errors_are_one_line_and_leave_the_cache_untouched() {
         format!("eskrun: image {host}/ok/app:missing not found on {host}: check the name and tag")
     );
 
+    // A tag not in the cache, so the answer to the manifest request is final (a failed HEAD
+    // of a cached image's manifest falls back to a GET).
     proxy.inject(
-        "/manifests/1",
+        "/manifests/2",
         Fault::Respond {
             status: 429,
             headers: vec![("Retry-After".into(), "120".into())],
             body: b"slow down".to_vec(),
         },
     );
-    let msg = failed_pull(&eskrun, &[&format!("{host}/ok/app:1")]);
+    let msg = failed_pull(&eskrun, &[&format!("{host}/ok/app:2")]);
     assert!(
         msg.starts_with(&format!("eskrun: rate limited by {host} (HTTP 429)")),
         "{msg}"
@@ -855,7 +918,7 @@ async fn errors_are_one_line_and_leave_the_cache_untouched() {
 
     for _ in 0..3 {
         proxy.inject(
-            "/manifests/1",
+            "/manifests/2",
             Fault::Respond {
                 status: 500,
                 headers: vec![],
@@ -863,7 +926,7 @@ async fn errors_are_one_line_and_leave_the_cache_untouched() {
             },
         );
     }
-    let msg = failed_pull(&eskrun, &[&format!("{host}/ok/app:1")]);
+    let msg = failed_pull(&eskrun, &[&format!("{host}/ok/app:2")]);
     assert_eq!(
         msg,
         format!("eskrun: registry {host} failed with HTTP 500 (tried 3 times): broken")
@@ -975,7 +1038,11 @@ async fn tls_registry_is_trusted_through_certs_d_only() {
     let image = format!("{}/secure/app:1", reg.host);
     let before = cache_state(&eskrun);
     let msg = eskrun.run(&["pull", "-q", &image]).one_line_error();
-    let ca_path = eskrun.config().join("certs.d").join(&reg.host).join("ca.crt");
+    let ca_path = eskrun
+        .config()
+        .join("certs.d")
+        .join(&reg.host)
+        .join("ca.crt");
     assert!(
         msg.starts_with(&format!("eskrun: TLS failure talking to {}", reg.host)),
         "{msg}"
@@ -987,7 +1054,12 @@ async fn tls_registry_is_trusted_through_certs_d_only() {
     fs::copy(reg.ca.as_ref().unwrap(), &ca_path).unwrap();
     eskrun.run(&["pull", "-q", &image]).ok();
     assert_eq!(
-        fs::read_to_string(eskrun.layer_dir(&pushed.layer_digests[0]).join("tree/which")).unwrap(),
+        fs::read_to_string(
+            eskrun
+                .layer_dir(&pushed.layer_digests[0])
+                .join("tree/which")
+        )
+        .unwrap(),
         "tls"
     );
 }
@@ -1004,14 +1076,20 @@ async fn basic_auth_login_pull_and_logout() {
     let image = |tag: &str| format!("{}/locked/app:{tag}", reg.host);
 
     let msg = failed_pull(&eskrun, &[&image("1")]);
-    assert!(msg.contains(&format!("`eskrun login {}`", reg.host)), "{msg}");
+    assert!(
+        msg.contains(&format!("`eskrun login {}`", reg.host)),
+        "{msg}"
+    );
 
     let wrong = eskrun.run_with_stdin(
         &["login", "--username", USER, "--password-stdin", &reg.host],
         "wrong\n",
     );
     let msg = wrong.one_line_error();
-    assert!(msg.contains(&format!("login to {} failed", reg.host)), "{msg}");
+    assert!(
+        msg.contains(&format!("login to {} failed", reg.host)),
+        "{msg}"
+    );
     assert!(!eskrun.docker_config().join("config.json").exists());
 
     let login = eskrun
@@ -1021,10 +1099,9 @@ async fn basic_auth_login_pull_and_logout() {
         )
         .ok();
     assert_eq!(login.stdout.trim(), "Login Succeeded");
-    let config: serde_json::Value = serde_json::from_slice(
-        &fs::read(eskrun.docker_config().join("config.json")).unwrap(),
-    )
-    .unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(eskrun.docker_config().join("config.json")).unwrap())
+            .unwrap();
     assert!(config["auths"][&reg.host]["auth"].is_string(), "{config}");
     let mode = fs::metadata(eskrun.docker_config().join("config.json"))
         .unwrap()
@@ -1045,7 +1122,10 @@ async fn basic_auth_login_pull_and_logout() {
     let msg = failed_pull(&eskrun, &[&image("2")]);
     assert!(msg.contains("eskrun login"), "{msg}");
     let again = eskrun.run(&["logout", &reg.host]).ok();
-    assert_eq!(again.stdout.trim(), format!("Not logged in to {}", reg.host));
+    assert_eq!(
+        again.stdout.trim(),
+        format!("Not logged in to {}", reg.host)
+    );
 }
 
 #[tokio::test]
@@ -1066,7 +1146,10 @@ async fn token_auth_anonymous_then_logged_in() {
         .ok();
     let image = format!("{}/{PRIVATE_PREFIX}app:1", reg.host);
     let msg = failed_pull(&eskrun, &[&image]);
-    assert!(msg.contains(&format!("`eskrun login {}`", reg.host)), "{msg}");
+    assert!(
+        msg.contains(&format!("`eskrun login {}`", reg.host)),
+        "{msg}"
+    );
     eskrun
         .run_with_stdin(
             &["login", "-u", USER, "--password-stdin", &reg.host],
@@ -1075,8 +1158,12 @@ async fn token_auth_anonymous_then_logged_in() {
         .ok();
     eskrun.run(&["pull", "-q", &image]).ok();
     assert_eq!(
-        fs::read_to_string(eskrun.layer_dir(&private.layer_digests[0]).join("tree/which"))
-            .unwrap(),
+        fs::read_to_string(
+            eskrun
+                .layer_dir(&private.layer_digests[0])
+                .join("tree/which")
+        )
+        .unwrap(),
         "private"
     );
 }
@@ -1112,7 +1199,7 @@ async fn rmi_and_prune_free_only_what_no_image_uses() {
     assert!(!eskrun.layer_dir(&a.layer_digests[1]).exists());
     assert!(eskrun.layer_dir(&b.layer_digests[0]).exists(), "shared");
     assert!(eskrun.layer_dir(&b.layer_digests[1]).exists());
-    assert_eq!(references(&eskrun), [image_b.clone()]);
+    assert_eq!(references(&eskrun), std::slice::from_ref(&image_b));
 
     // gc/b:1 moves to a new image: its old top layer is no longer used.
     let c = reg.push_image("gc/b", "1", &spec("c")).await;

@@ -16,16 +16,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
 use nix::errno::Errno;
 use oci_client::manifest::OciDescriptor;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::digest::HashingReader;
 use crate::reference::ImageRef;
 use crate::registry::{Options, Platform, RegistryClient};
-use crate::store::{
-    BlobKind, LayerMeta, LayerSlot, LayerWriter, Mode, RefRecord, Store, WAITING_FOR_CACHE,
-};
-use crate::unpack::{self, PendingLink, UnpackError, UnpackOptions};
+use crate::store::{BlobKind, LayerMeta, LayerSlot, Mode, RefRecord, Store, WAITING_FOR_CACHE};
+use crate::unpack::{self, UnpackError, UnpackOptions};
 
 pub use progress::Progress;
 use stream::{ChannelReader, CHANNEL_CHUNKS};
@@ -92,9 +90,7 @@ fn is_disk_full(err: &anyhow::Error) -> bool {
             return full(error);
         }
         match cause.downcast_ref::<UnpackError>() {
-            Some(UnpackError::Entry { error, .. } | UnpackError::Dest { error, .. }) => {
-                full(error)
-            }
+            Some(UnpackError::Entry { error, .. } | UnpackError::Dest { error, .. }) => full(error),
             // Link completion reports its io errors as text.
             Some(UnpackError::Link { reason, .. }) => [Errno::ENOSPC, Errno::EDQUOT]
                 .iter()
@@ -138,8 +134,14 @@ async fn pull_image(
     }
 
     let limit = Arc::new(Semaphore::new(options.jobs.max(1)));
+    // Each layer says when it is in the cache; a layer with hard links into lower layers waits
+    // for those before completing the links. Waiting only ever goes downwards, so pulls of
+    // images sharing layers cannot wait on each other in a cycle.
+    let (done, in_cache): (Vec<_>, Vec<_>) = layers.iter().map(|_| watch::channel(false)).unzip();
+    let digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
     let mut tasks = JoinSet::new();
-    for (index, (layer, diff_id)) in layers.into_iter().zip(diff_ids).enumerate() {
+    for (index, ((layer, diff_id), done)) in layers.into_iter().zip(diff_ids).zip(done).enumerate()
+    {
         let job = LayerJob {
             store: store.clone(),
             client: client.clone(),
@@ -147,14 +149,17 @@ async fn pull_image(
             layer,
             diff_id,
             progress: progress.clone(),
+            limit: limit.clone(),
+            lowers: digests[..index]
+                .iter()
+                .cloned()
+                .zip(in_cache[..index].iter().cloned())
+                .collect(),
+            done,
         };
-        let limit = limit.clone();
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await?;
-            job.run().await.map(|fetched| (index, fetched))
-        });
+        tasks.spawn(job.run());
     }
-    let mut fetched = Vec::new();
+    let (mut fetched, mut reused) = (0, 0);
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
         let layer = match joined {
@@ -162,7 +167,8 @@ async fn pull_image(
             joined => joined.context("a layer task failed")?,
         };
         match layer {
-            Ok(layer) => fetched.push(layer),
+            Ok(Fetched::Present) => reused += 1,
+            Ok(Fetched::Stored) => fetched += 1,
             Err(err) if failure.is_none() => {
                 failure = Some(err);
                 // Stop the other downloads; each drops its claim, which removes its tmp dir.
@@ -173,34 +179,6 @@ async fn pull_image(
     }
     if let Some(err) = failure {
         return Err(err);
-    }
-    fetched.sort_by_key(|(index, _)| *index);
-
-    // Layers with hard links into lower layers are completed bottom-up, once those exist.
-    let mut trees: Vec<PathBuf> = Vec::new();
-    let (mut fetched_count, mut reused) = (0, 0);
-    for (_, layer) in fetched {
-        let tree = match layer {
-            Fetched::Present(tree) => {
-                reused += 1;
-                tree
-            }
-            Fetched::Published(tree) => {
-                fetched_count += 1;
-                tree
-            }
-            Fetched::Deferred(writer, pending, meta) => {
-                fetched_count += 1;
-                let lowers: Vec<&Path> = trees.iter().rev().map(PathBuf::as_path).collect();
-                let tree = writer.tree();
-                tokio::task::block_in_place(|| {
-                    unpack::complete_links(&tree, &pending, &lowers)
-                        .with_context(|| format!("layer {}", meta.digest))?;
-                    writer.commit(&meta)
-                })?
-            }
-        };
-        trees.push(tree);
     }
 
     store.put_blob(
@@ -220,20 +198,18 @@ async fn pull_image(
         manifest_digest: resolved.manifest_digest.clone(),
     })?;
     progress.say(&format!(
-        "{reference}: pulled {} ({fetched_count} layers fetched, {reused} already cached)",
+        "{reference}: pulled {} ({fetched} layers fetched, {reused} already cached)",
         resolved.manifest_digest
     ));
-    Ok(Outcome::Pulled {
-        fetched: fetched_count,
-        reused,
-    })
+    Ok(Outcome::Pulled { fetched, reused })
 }
 
+/// How a layer came to be in the cache.
 enum Fetched {
-    Present(PathBuf),
-    Published(PathBuf),
-    /// Unpacked, but holding hard links to files of lower layers.
-    Deferred(LayerWriter, Vec<PendingLink>, LayerMeta),
+    /// It was there already (perhaps just stored by a concurrent pull).
+    Present,
+    /// This pull downloaded and stored it.
+    Stored,
 }
 
 struct LayerJob {
@@ -243,10 +219,23 @@ struct LayerJob {
     layer: OciDescriptor,
     diff_id: String,
     progress: Progress,
+    /// Bounds the downloads running at once.
+    limit: Arc<Semaphore>,
+    /// The layers below this one, bottom first, each with its "in the cache" signal.
+    lowers: Vec<(String, watch::Receiver<bool>)>,
+    /// Set once this layer is in the cache.
+    done: watch::Sender<bool>,
 }
 
 impl LayerJob {
-    async fn run(self) -> Result<Fetched> {
+    async fn run(mut self) -> Result<Fetched> {
+        let fetched = self.fetch().await?;
+        self.done.send_replace(true);
+        Ok(fetched)
+    }
+
+    async fn fetch(&mut self) -> Result<Fetched> {
+        let download = self.limit.clone().acquire_owned().await?;
         let digest = self.layer.digest.clone();
         let short = short_digest(&digest).to_string();
         let store = self.store.clone();
@@ -259,7 +248,7 @@ impl LayerJob {
         .await
         .context("layer claim task failed")??;
         let writer = match slot {
-            LayerSlot::Present(dir) => return Ok(Fetched::Present(dir.join("tree"))),
+            LayerSlot::Present(_) => return Ok(Fetched::Present),
             LayerSlot::Fresh(writer) => writer,
         };
         let context = || format!("image {}, layer {digest}", self.reference);
@@ -343,12 +332,26 @@ impl LayerJob {
             ));
         }
         bar.finish("done");
-        if unpacked.pending_links.is_empty() {
-            let tree = tokio::task::block_in_place(|| writer.commit(&meta))?;
-            Ok(Fetched::Published(tree))
-        } else {
-            Ok(Fetched::Deferred(writer, unpacked.pending_links, meta))
+        drop(download);
+        if !unpacked.pending_links.is_empty() {
+            let mut lowers = Vec::new();
+            for (lower, in_cache) in self.lowers.iter_mut().rev() {
+                if in_cache.wait_for(|done| *done).await.is_err() {
+                    bail!(
+                        "image {}, layer {digest}: layer {lower} below it failed",
+                        self.reference
+                    );
+                }
+                lowers.push(self.store.layer_dir(lower)?.join("tree"));
+            }
+            let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+            tokio::task::block_in_place(|| {
+                unpack::complete_links(&writer.tree(), &unpacked.pending_links, &lowers)
+            })
+            .with_context(|| format!("image {}", self.reference))?;
         }
+        tokio::task::block_in_place(|| writer.commit(&meta))?;
+        Ok(Fetched::Stored)
     }
 }
 

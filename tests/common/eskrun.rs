@@ -199,9 +199,12 @@ impl Eskrun {
     }
 }
 
-/// What a tree holds, for "nothing was written" checks: every path below `root` with its
-/// inode, mtime (ns), mode and size.
-pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, i64, i64, u32, u64)> {
+/// What a snapshot records of a path: inode, mtime (s, ns), mode, size.
+pub type Stamp = (u64, i64, i64, u32, u64);
+
+/// What a tree holds, for "nothing was written" checks: every path below `root` and its
+/// [`Stamp`].
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Stamp> {
     let mut found = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(path) = stack.pop() {
