@@ -744,6 +744,33 @@ async fn concurrent_pulls_of_one_image_fetch_each_layer_once() {
 }
 
 #[tokio::test]
+async fn a_layer_listed_twice_is_fetched_once() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let base = Layer::gzip(&Tar::new().file("f", 0o644, b"f").tar());
+    // Listed twice, with a hard link into the layer below: both listings need the lower
+    // layers in place, the second one included the first.
+    let twice = Layer::gzip(&Tar::new().hardlink("g", "f").tar());
+    let pushed = reg
+        .push_image(
+            "twice/app",
+            "1",
+            &ImageSpec::with_layers(Format::Docker, vec![base, twice.clone(), twice]),
+        )
+        .await;
+    let proxy = FaultProxy::start(reg.addr());
+    let eskrun = Eskrun::new();
+    let image = format!("{}/twice/app:1", proxy.host);
+    eskrun.run(&["pull", "-q", &image]).ok();
+    assert_eq!(pushed.layer_digests[1], pushed.layer_digests[2]);
+    assert_eq!(blob_gets(&proxy, &pushed.layer_digests[1]), 1);
+    assert_eq!(
+        node(&eskrun.layer_dir(&pushed.layer_digests[1]).join("tree/g")),
+        file(0o644, b"f", 1)
+    );
+    assert_eq!(listed(&eskrun)[0]["layers"], 3);
+}
+
+#[tokio::test]
 async fn re_pull_of_an_up_to_date_image_costs_one_head_and_writes_nothing() {
     let reg = TestRegistry::start(Mode::Plain);
     let tars = [

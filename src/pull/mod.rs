@@ -155,6 +155,12 @@ async fn pull_image(
                 .cloned()
                 .zip(in_cache[..index].iter().cloned())
                 .collect(),
+            // A layer listed twice (empty layers often are) is fetched by its first listing;
+            // two claims of it in one process would wait on each other.
+            same_as: digests[..index]
+                .iter()
+                .position(|d| *d == digests[index])
+                .map(|first| in_cache[first].clone()),
             done,
         };
         tasks.spawn(job.run());
@@ -223,6 +229,8 @@ struct LayerJob {
     limit: Arc<Semaphore>,
     /// The layers below this one, bottom first, each with its "in the cache" signal.
     lowers: Vec<(String, watch::Receiver<bool>)>,
+    /// The signal of the same layer listed lower in the image, if it is.
+    same_as: Option<watch::Receiver<bool>>,
     /// Set once this layer is in the cache.
     done: watch::Sender<bool>,
 }
@@ -235,8 +243,14 @@ impl LayerJob {
     }
 
     async fn fetch(&mut self) -> Result<Fetched> {
-        let download = self.limit.clone().acquire_owned().await?;
         let digest = self.layer.digest.clone();
+        if let Some(first) = &mut self.same_as {
+            first
+                .wait_for(|done| *done)
+                .await
+                .map_err(|_| anyhow!("image {}, layer {digest} failed", self.reference))?;
+            return Ok(Fetched::Present);
+        }
         let short = short_digest(&digest).to_string();
         let store = self.store.clone();
         let claim_digest = digest.clone();
@@ -251,6 +265,9 @@ impl LayerJob {
             LayerSlot::Present(_) => return Ok(Fetched::Present),
             LayerSlot::Fresh(writer) => writer,
         };
+        // Taken only now and released before waiting for lower layers: a download slot is
+        // never held by a task that waits on another process.
+        let download = self.limit.clone().acquire_owned().await?;
         let context = || format!("image {}, layer {digest}", self.reference);
         let compression = unpack::compression_for(&self.layer.media_type).with_context(context)?;
         let bar = self.progress.layer(&short, self.layer.size.max(0) as u64);
