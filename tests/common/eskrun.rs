@@ -8,6 +8,11 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
+
+/// Far longer than any run of eskrun in the tests takes, even on a loaded machine.
+pub const HANG: Duration = Duration::from_secs(120);
 
 /// The unprivileged user rootless pulls run as (created if missing).
 pub const TEST_USER: &str = "eskrun-pull";
@@ -163,7 +168,7 @@ impl Eskrun {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        Run::from_output(self.command(args).output().expect("run eskrun"))
+        Eskrun::wait(self.spawn(args))
     }
 
     /// Runs eskrun with `input` on its standard input.
@@ -181,7 +186,7 @@ impl Eskrun {
             .unwrap()
             .write_all(input.as_bytes())
             .unwrap();
-        Run::from_output(child.wait_with_output().unwrap())
+        Eskrun::wait(child)
     }
 
     /// Starts eskrun without waiting for it, its output captured.
@@ -193,9 +198,21 @@ impl Eskrun {
             .expect("start eskrun")
     }
 
-    /// Collects a child started by [`Eskrun::spawn`].
+    /// Collects a child started by [`Eskrun::spawn`]. A run that hangs (a deadlock is a
+    /// bug these tests look for) is killed after [`HANG`], so the test fails instead of
+    /// hanging too: the run then has no exit code.
     pub fn wait(child: Child) -> Run {
-        Run::from_output(child.wait_with_output().unwrap())
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let (finished, watch) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if watch.recv_timeout(HANG) == Err(RecvTimeoutError::Timeout) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        });
+        let output = child.wait_with_output().unwrap();
+        drop(finished);
+        watchdog.join().unwrap();
+        Run::from_output(output)
     }
 }
 
