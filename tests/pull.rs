@@ -898,6 +898,15 @@ async fn errors_are_one_line_and_leave_the_cache_untouched() {
     manifest["layers"][0]["mediaType"] =
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip".into();
     manifest["layers"][0]["urls"] = serde_json::json!(["https://example.com/layer.tar.gz"]);
+    let mut lying = Layer::gzip(&Tar::new().file("l", 0o644, b"l").tar());
+    lying.diff_id = sha256(b"something else");
+    let lying = reg
+        .push_image(
+            "lying/app",
+            "1",
+            &ImageSpec::with_layers(Format::Docker, vec![lying]),
+        )
+        .await;
     let proxy = FaultProxy::start(reg.addr());
     let host = &proxy.host;
     for _ in 0..2 {
@@ -985,6 +994,32 @@ async fn errors_are_one_line_and_leave_the_cache_untouched() {
     let msg = failed_pull(&eskrun, &[&format!("{host}/foreign/app:1")]);
     assert!(msg.contains("foreign (non-distributable) layer"), "{msg}");
     assert!(msg.contains(&format!("{host}/foreign/app:1")), "{msg}");
+
+    let msg = failed_pull(&eskrun, &[&format!("{host}/lying/app:1")]);
+    assert!(
+        msg.contains(&format!("layer {}", lying.layer_digests[0]))
+            && msg.contains("the image is broken"),
+        "{msg}"
+    );
+
+    let msg = failed_pull(
+        &eskrun,
+        &["--platform", "linux", &format!("{host}/ok/app:1")],
+    );
+    assert!(msg.contains("invalid platform \"linux\""), "{msg}");
+
+    let unwritable = eskrun
+        .command(&["pull", "-q", &format!("{host}/ok/app:1")])
+        .env("ESKRUN_CACHE", "/proc/eskrun-cache")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&unwritable.stderr);
+    assert!(!unwritable.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("/proc/eskrun-cache") && stderr.contains("ESKRUN_CACHE"),
+        "{stderr}"
+    );
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
