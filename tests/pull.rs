@@ -855,6 +855,17 @@ async fn re_pull_of_an_up_to_date_image_costs_one_head_and_writes_nothing() {
         .find(|row| row["reference"] == image.as_str())
         .unwrap();
     assert_eq!(row["manifest_digest"], newer.manifest_digest.as_str());
+
+    // A layer gone from the cache (removed by hand): the next pull puts it back.
+    let layer = eskrun.layer_dir(&newer.layer_digests[0]);
+    fs::remove_dir_all(&layer).unwrap();
+    let gets = blob_gets(&proxy, &newer.layer_digests[0]);
+    eskrun.run(&["pull", "-q", &image]).ok();
+    assert_eq!(
+        fs::read_to_string(layer.join("tree/which")).unwrap(),
+        "newer"
+    );
+    assert_eq!(blob_gets(&proxy, &newer.layer_digests[0]), gets + 1);
 }
 
 // ---------------------------------------------------------------------------------------
