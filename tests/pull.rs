@@ -868,6 +868,47 @@ async fn re_pull_of_an_up_to_date_image_costs_one_head_and_writes_nothing() {
     assert_eq!(blob_gets(&proxy, &newer.layer_digests[0]), gets + 1);
 }
 
+#[tokio::test]
+async fn progress_bars_on_a_terminal() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let pushed = reg
+        .push_image("bars/app", "1", &small_image(Format::Oci, "bars"))
+        .await;
+    let eskrun = Eskrun::new();
+    let pull = eskrun.command(&["pull", &format!("{}/bars/app:1", reg.host)]);
+    // script(1) gives eskrun a terminal; the command line is quoted for its shell.
+    let line = std::iter::once(pull.get_program())
+        .chain(pull.get_args())
+        .map(|arg| format!("'{}'", arg.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let output = std::process::Command::new("script")
+        .args(["--quiet", "--return", "--command", &line, "/dev/null"])
+        .env_clear()
+        .envs(pull.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}");
+    let short = &pushed.layer_digests[0][7..19];
+    assert!(
+        shown.contains(&format!("{short}: ")) && shown.contains("done"),
+        "{shown:?}"
+    );
+    assert!(
+        !shown.contains("fetching"),
+        "bars, not log lines: {shown:?}"
+    );
+    assert!(
+        shown.trim_end_matches(' ').ends_with(&format!(
+            "{}/bars/app:1: pulled {} (1 layers fetched, 0 already cached)\r\n",
+            reg.host, pushed.manifest_digest
+        )),
+        "the last line is whole: {shown:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Errors: one line, a non-zero exit, the cache untouched.
 
