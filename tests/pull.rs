@@ -1334,6 +1334,14 @@ async fn rmi_and_prune_free_only_what_no_image_uses() {
     let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|(_, e)| e)
         .unwrap();
+    // What a pull killed while writing a ref or a manifest leaves.
+    let partial_ref = eskrun.store().join("refs/.x%2Fy:1.json.tmp-4242");
+    let partial_manifest = eskrun
+        .store()
+        .join(format!("manifests/sha256/.{}.tmp-4242", "f".repeat(64)));
+    for file in [&partial_ref, &partial_manifest] {
+        fs::write(file, b"{\"half\":").unwrap();
+    }
 
     let prune = eskrun.run(&["prune"]).ok();
     assert!(
@@ -1347,6 +1355,7 @@ async fn rmi_and_prune_free_only_what_no_image_uses() {
     assert!(eskrun.layer_dir(&c.layer_digests[0]).exists());
     assert!(eskrun.layer_dir(&c.layer_digests[1]).exists());
     assert!(!dead.exists(), "dead leftover removed");
+    assert!(!partial_ref.exists() && !partial_manifest.exists());
     assert!(live.exists(), "a pull in progress keeps its directory");
     drop(held);
 

@@ -239,12 +239,20 @@ fn escape_ref(reference: &str) -> String {
     reference.replace('%', "%25").replace('/', "%2F")
 }
 
+/// What marks the temporary name of a file being written by [`write_atomic`].
+const PARTIAL: &str = ".tmp-";
+
+/// Whether a file name is one [`write_atomic`] writes to before the rename.
+fn is_partial_file(name: &str) -> bool {
+    name.starts_with('.') && name.contains(PARTIAL)
+}
+
 /// Writes `path` so that readers see either the old content or the whole new one: a
 /// temporary file beside it, then `rename(2)`.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().expect("cache paths have a parent");
     let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}{PARTIAL}{}",
         path.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));
