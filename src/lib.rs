@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod dirs;
+pub mod network;
 pub mod pull;
 pub mod reference;
 pub mod registry;

@@ -717,3 +717,52 @@ fn many_layers_fit_in_one_overlay_mount() {
         );
     }
 }
+
+#[test]
+fn private_network_publishes_ports() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let publish = format!("127.0.0.1:{port}:8080");
+        let mut child = w
+            .run(
+                &img,
+                &[
+                    "--rm",
+                    "--network",
+                    "private",
+                    "-p",
+                    &publish,
+                    "img",
+                    "sh",
+                    "-c",
+                    "echo hello | nc -l -p 8080",
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The server may not listen yet: a connection that finds none is closed, so retry.
+        let reply = loop {
+            let mut s = String::new();
+            if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let _ = std::io::Read::read_to_string(&mut c, &mut s);
+            }
+            if !s.is_empty() {
+                break s;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{who:?}: the container ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(reply, "hello\n", "{who:?}");
+        assert_eq!(child.wait().unwrap().code(), Some(0), "{who:?}");
+    }
+}

@@ -69,12 +69,10 @@ fn init_logging(debug: bool) {
     let filter = if debug {
         tracing_subscriber::EnvFilter::new("eskrun=debug")
     } else {
+        // Only eskrun's own warnings: libraries log what eskrun then reports as its one error
+        // line (rustls logs every rejected certificate, once per retry).
         tracing_subscriber::EnvFilter::try_from_env("ESKRUN_LOG")
-            // libcontainer logs every cgroup controller and seccomp on each run, and its failures
-            // come back as errors anyway; --debug shows them.
-            .unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,libcontainer=off,libcgroups=off")
-            })
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("eskrun=warn"))
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -59,7 +59,7 @@ pub struct Args {
     /// User namespace: "" (map you to the container's user) or keep-id (keep your own ids).
     #[arg(long, default_value = "", value_parser = ["", "keep-id", "auto"])]
     userns: String,
-    /// Publish a port: [IP:]HOST:CONTAINER[/PROTO] (with the host network, the ports are the host's).
+    /// Publish a port: [IP:][HOST:]CONTAINER[/PROTO] (forwarded with --network private).
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
     publish: Vec<String>,
     /// Run from these unpacked layer trees (lowest first) instead of a cached image.
@@ -109,7 +109,10 @@ pub fn run(args: Args) -> Result<i32> {
     };
     // Held until the container ends, so the image is not collected from under it.
     let cached;
-    spec::check_publish(&args.publish, options.network)?;
+    let mut publish = Vec::new();
+    for p in &args.publish {
+        publish.extend(crate::network::parse_publish(p)?);
+    }
     let (image, layers) = if args.layers.is_empty() {
         cached = match runtime::cached(&args.image)? {
             runtime::Lookup::Found(c) => c,
@@ -137,6 +140,7 @@ pub fn run(args: Args) -> Result<i32> {
         interactive: args.interactive,
         remove: args.rm,
         reuse: false,
+        publish,
         userns: if args.userns == "keep-id" {
             UsernsMode::KeepId
         } else {

@@ -28,7 +28,7 @@ pub struct Args {
     /// Set an environment variable (K=V), or pass K from eskrun's environment.
     #[arg(short = 'e', long = "env", value_name = "K[=V]")]
     env: Vec<String>,
-    /// Publish a port (the container shares the host's network: its ports are the host's).
+    /// Publish a port (checked to be free: the container shares the host's network).
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
     publish: Vec<String>,
     /// User namespace: "" or keep-id (keep your own ids inside).
@@ -67,7 +67,10 @@ pub fn run(args: Args) -> Result<i32> {
         network: Network::Host,
         ..RunOptions::default()
     };
-    crate::spec::check_publish(&args.publish, options.network)?;
+    let mut publish = Vec::new();
+    for p in &args.publish {
+        publish.extend(crate::network::parse_publish(p)?);
+    }
     runtime::run(runtime::Request {
         image: cached.image.config.clone(),
         layers: cached.image.layers.clone(),
@@ -76,6 +79,7 @@ pub fn run(args: Args) -> Result<i32> {
         interactive,
         remove: false,
         reuse: true,
+        publish,
         userns: if args.userns == "keep-id" {
             UsernsMode::KeepId
         } else {

@@ -10,17 +10,20 @@ mod stream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use std::io;
+
+use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
+use nix::errno::Errno;
 use oci_client::manifest::OciDescriptor;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::digest::HashingReader;
 use crate::reference::ImageRef;
 use crate::registry::{Options, Platform, RegistryClient};
-use crate::store::{BlobKind, LayerMeta, LayerSlot, LayerWriter, Mode, RefRecord, Store};
-use crate::unpack::{self, PendingLink, UnpackOptions};
+use crate::store::{BlobKind, LayerMeta, LayerSlot, Mode, RefRecord, Store, WAITING_FOR_CACHE};
+use crate::unpack::{self, UnpackError, UnpackOptions};
 
 pub use progress::Progress;
 use stream::{ChannelReader, CHANNEL_CHUNKS};
@@ -50,13 +53,51 @@ pub enum Outcome {
 pub fn pull(cache_dir: &Path, reference: &ImageRef, options: &PullOptions) -> Result<Outcome> {
     let store = Arc::new(Store::open(cache_dir)?);
     // Held for the whole pull: rmi/prune wait rather than collect layers we are about to name.
-    let _cache = store.lock(Mode::Shared)?;
+    let progress = Progress::new(options.quiet);
+    let _cache = store.lock_or_else(Mode::Shared, || {
+        progress.say(&format!("eskrun: {WAITING_FOR_CACHE}"))
+    })?;
     let client = Arc::new(RegistryClient::new(Options::from_env(options.insecure)?));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(pull_image(store, client, reference, options))
+    runtime
+        .block_on(pull_image(store, client, reference, options, progress))
+        .map_err(|err| {
+            if is_disk_full(&err) {
+                anyhow!(
+                    "disk full while writing the cache at {}: free space or set ESKRUN_CACHE",
+                    cache_dir.display()
+                )
+            } else {
+                err
+            }
+        })
+}
+
+/// Whether `err` comes from a full disk or an exhausted quota, wherever in the chain: the
+/// user needs to know that, not which file was being written.
+fn is_disk_full(err: &anyhow::Error) -> bool {
+    let full = |error: &io::Error| {
+        matches!(
+            error.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        )
+    };
+    err.chain().any(|cause| {
+        if let Some(error) = cause.downcast_ref::<io::Error>() {
+            return full(error);
+        }
+        match cause.downcast_ref::<UnpackError>() {
+            Some(UnpackError::Entry { error, .. } | UnpackError::Dest { error, .. }) => full(error),
+            // Link completion reports its io errors as text.
+            Some(UnpackError::Link { reason, .. }) => [Errno::ENOSPC, Errno::EDQUOT]
+                .iter()
+                .any(|errno| reason.contains(&io::Error::from(*errno).to_string())),
+            _ => false,
+        }
+    })
 }
 
 async fn pull_image(
@@ -64,8 +105,8 @@ async fn pull_image(
     client: Arc<RegistryClient>,
     reference: &ImageRef,
     options: &PullOptions,
+    progress: Progress,
 ) -> Result<Outcome> {
-    let progress = Progress::new(options.quiet);
     let platform = options.platform.to_string();
     if let Some(record) = store.read_ref(reference)? {
         if record.platform == platform && store.image(&record).is_ok() {
@@ -93,8 +134,14 @@ async fn pull_image(
     }
 
     let limit = Arc::new(Semaphore::new(options.jobs.max(1)));
+    // Each layer says when it is in the cache; a layer with hard links into lower layers waits
+    // for those before completing the links. Waiting only ever goes downwards, so pulls of
+    // images sharing layers cannot wait on each other in a cycle.
+    let (done, in_cache): (Vec<_>, Vec<_>) = layers.iter().map(|_| watch::channel(false)).unzip();
+    let digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
     let mut tasks = JoinSet::new();
-    for (index, (layer, diff_id)) in layers.into_iter().zip(diff_ids).enumerate() {
+    for (index, ((layer, diff_id), done)) in layers.into_iter().zip(diff_ids).zip(done).enumerate()
+    {
         let job = LayerJob {
             store: store.clone(),
             client: client.clone(),
@@ -102,18 +149,32 @@ async fn pull_image(
             layer,
             diff_id,
             progress: progress.clone(),
+            limit: limit.clone(),
+            lowers: digests[..index]
+                .iter()
+                .cloned()
+                .zip(in_cache[..index].iter().cloned())
+                .collect(),
+            // A layer listed twice (empty layers often are) is fetched by its first listing;
+            // two claims of it in one process would wait on each other.
+            same_as: digests[..index]
+                .iter()
+                .position(|d| *d == digests[index])
+                .map(|first| in_cache[first].clone()),
+            done,
         };
-        let limit = limit.clone();
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await?;
-            job.run().await.map(|fetched| (index, fetched))
-        });
+        tasks.spawn(job.run());
     }
-    let mut fetched = Vec::new();
+    let (mut fetched, mut reused) = (0, 0);
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
-        match joined.context("a layer task failed")? {
-            Ok(layer) => fetched.push(layer),
+        let layer = match joined {
+            Err(err) if err.is_cancelled() => continue, // after the failure below
+            joined => joined.context("a layer task failed")?,
+        };
+        match layer {
+            Ok(Fetched::Present) => reused += 1,
+            Ok(Fetched::Stored) => fetched += 1,
             Err(err) if failure.is_none() => {
                 failure = Some(err);
                 // Stop the other downloads; each drops its claim, which removes its tmp dir.
@@ -124,34 +185,6 @@ async fn pull_image(
     }
     if let Some(err) = failure {
         return Err(err);
-    }
-    fetched.sort_by_key(|(index, _)| *index);
-
-    // Layers with hard links into lower layers are completed bottom-up, once those exist.
-    let mut trees: Vec<PathBuf> = Vec::new();
-    let (mut fetched_count, mut reused) = (0, 0);
-    for (_, layer) in fetched {
-        let tree = match layer {
-            Fetched::Present(tree) => {
-                reused += 1;
-                tree
-            }
-            Fetched::Published(tree) => {
-                fetched_count += 1;
-                tree
-            }
-            Fetched::Deferred(writer, pending, meta) => {
-                fetched_count += 1;
-                let lowers: Vec<&Path> = trees.iter().rev().map(PathBuf::as_path).collect();
-                let tree = writer.tree();
-                tokio::task::block_in_place(|| {
-                    unpack::complete_links(&tree, &pending, &lowers)
-                        .with_context(|| format!("layer {}", meta.digest))?;
-                    writer.commit(&meta)
-                })?
-            }
-        };
-        trees.push(tree);
     }
 
     store.put_blob(
@@ -171,20 +204,18 @@ async fn pull_image(
         manifest_digest: resolved.manifest_digest.clone(),
     })?;
     progress.say(&format!(
-        "{reference}: pulled {} ({fetched_count} layers fetched, {reused} already cached)",
+        "{reference}: pulled {} ({fetched} layers fetched, {reused} already cached)",
         resolved.manifest_digest
     ));
-    Ok(Outcome::Pulled {
-        fetched: fetched_count,
-        reused,
-    })
+    Ok(Outcome::Pulled { fetched, reused })
 }
 
+/// How a layer came to be in the cache.
 enum Fetched {
-    Present(PathBuf),
-    Published(PathBuf),
-    /// Unpacked, but holding hard links to files of lower layers.
-    Deferred(LayerWriter, Vec<PendingLink>, LayerMeta),
+    /// It was there already (perhaps just stored by a concurrent pull).
+    Present,
+    /// This pull downloaded and stored it.
+    Stored,
 }
 
 struct LayerJob {
@@ -194,34 +225,65 @@ struct LayerJob {
     layer: OciDescriptor,
     diff_id: String,
     progress: Progress,
+    /// Bounds the downloads running at once.
+    limit: Arc<Semaphore>,
+    /// The layers below this one, bottom first, each with its "in the cache" signal.
+    lowers: Vec<(String, watch::Receiver<bool>)>,
+    /// The signal of the same layer listed lower in the image, if it is.
+    same_as: Option<watch::Receiver<bool>>,
+    /// Set once this layer is in the cache.
+    done: watch::Sender<bool>,
 }
 
 impl LayerJob {
-    async fn run(self) -> Result<Fetched> {
+    async fn run(mut self) -> Result<Fetched> {
+        let fetched = self.fetch().await?;
+        self.done.send_replace(true);
+        Ok(fetched)
+    }
+
+    async fn fetch(&mut self) -> Result<Fetched> {
         let digest = self.layer.digest.clone();
+        if let Some(first) = &mut self.same_as {
+            first
+                .wait_for(|done| *done)
+                .await
+                .map_err(|_| anyhow!("image {}, layer {digest} failed", self.reference))?;
+            return Ok(Fetched::Present);
+        }
         let short = short_digest(&digest).to_string();
         let store = self.store.clone();
         let claim_digest = digest.clone();
-        let slot = tokio::task::spawn_blocking(move || store.claim_layer(&claim_digest))
-            .await
-            .context("layer claim task failed")??;
+        let progress = self.progress.clone();
+        let waiting = format!("{short}: waiting for another eskrun that is fetching this layer");
+        let slot = tokio::task::spawn_blocking(move || {
+            store.claim_layer(&claim_digest, || progress.say(&waiting))
+        })
+        .await
+        .context("layer claim task failed")??;
         let writer = match slot {
-            LayerSlot::Present(dir) => return Ok(Fetched::Present(dir.join("tree"))),
+            LayerSlot::Present(_) => return Ok(Fetched::Present),
             LayerSlot::Fresh(writer) => writer,
         };
+        // Taken only now and released before waiting for lower layers: a download slot is
+        // never held by a task that waits on another process.
+        let download = self.limit.clone().acquire_owned().await?;
         let context = || format!("image {}, layer {digest}", self.reference);
         let compression = unpack::compression_for(&self.layer.media_type).with_context(context)?;
         let bar = self.progress.layer(&short, self.layer.size.max(0) as u64);
 
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_CHUNKS);
-        let tree = writer.tree();
         let name = digest.clone();
+        // The claim travels with the unpacker: when this task is aborted (another layer
+        // failed), the unpacker runs on until the closed channel stops it, and only then is
+        // the claim dropped and its tmp directory removed, not while files still land in it.
         let unpacker = tokio::task::spawn_blocking(move || {
             let options = UnpackOptions::for_current_process();
             let mut reader = HashingReader::new(ChannelReader::new(rx));
-            let unpacked = unpack::unpack_layer(&mut reader, compression, &tree, &name, &options);
+            let unpacked =
+                unpack::unpack_layer(&mut reader, compression, &writer.tree(), &name, &options);
             let hashed = reader.drain().map(|()| reader.finish());
-            (unpacked, hashed)
+            (writer, unpacked, hashed)
         });
 
         let mut blob = std::pin::pin!(self.client.blob_stream(&self.reference, &self.layer));
@@ -241,7 +303,7 @@ impl LayerJob {
             }
         }
         drop(tx);
-        let (unpacked, hashed) = unpacker.await.context("unpack task failed")?;
+        let (writer, unpacked, hashed) = unpacker.await.context("unpack task failed")?;
         if let Some(err) = broken {
             return Err(err).with_context(context);
         }
@@ -260,7 +322,8 @@ impl LayerJob {
                 self.layer.size
             );
         }
-        let unpacked = unpacked.with_context(context)?;
+        // Unpack errors name the layer themselves.
+        let unpacked = unpacked.with_context(|| format!("image {}", self.reference))?;
         if unpacked.diff_id != self.diff_id {
             bail!(
                 "image {}, layer {digest}: its uncompressed content hashes to {} but the image \
@@ -286,12 +349,26 @@ impl LayerJob {
             ));
         }
         bar.finish("done");
-        if unpacked.pending_links.is_empty() {
-            let tree = tokio::task::block_in_place(|| writer.commit(&meta))?;
-            Ok(Fetched::Published(tree))
-        } else {
-            Ok(Fetched::Deferred(writer, unpacked.pending_links, meta))
+        drop(download);
+        if !unpacked.pending_links.is_empty() {
+            let mut lowers = Vec::new();
+            for (lower, in_cache) in self.lowers.iter_mut().rev() {
+                if in_cache.wait_for(|done| *done).await.is_err() {
+                    bail!(
+                        "image {}, layer {digest}: layer {lower} below it failed",
+                        self.reference
+                    );
+                }
+                lowers.push(self.store.layer_dir(lower)?.join("tree"));
+            }
+            let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+            tokio::task::block_in_place(|| {
+                unpack::complete_links(&writer.tree(), &unpacked.pending_links, &lowers)
+            })
+            .with_context(|| format!("image {}", self.reference))?;
         }
+        tokio::task::block_in_place(|| writer.commit(&meta))?;
+        Ok(Fetched::Stored)
     }
 }
 

@@ -33,9 +33,9 @@ impl Progress {
     /// A status line about the whole image.
     pub fn say(&self, message: &str) {
         match self {
-            Progress::Bars(bars) => {
-                let _ = bars.println(message);
-            }
+            // Not `println`: with no bar left to draw below it, the line would end without
+            // its newline and the shell prompt would follow on it.
+            Progress::Bars(bars) => bars.suspend(|| eprintln!("{message}")),
             Progress::Lines => eprintln!("{message}"),
             Progress::Quiet => {}
         }

@@ -7,13 +7,13 @@
 
 mod image;
 mod io;
-mod loopback;
 pub mod project;
 mod record;
 mod rootfs;
 mod stale;
 pub mod userns;
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -42,6 +42,8 @@ pub struct Request {
     /// Reuse the writable layer of an earlier container of this name (`eskrun up`).
     pub reuse: bool,
     pub userns: UsernsMode,
+    /// `-p`: ports published from the host (forwarded with `--network private`).
+    pub publish: Vec<crate::network::PortMapping>,
 }
 
 /// The directory holding all containers' directories.
@@ -67,12 +69,9 @@ pub fn run(req: Request) -> Result<i32> {
     // Before the user namespace: it decides by the host uid and checks ownership in host ids.
     let lc_root = libcontainer_root()?;
     let stale = stale::find_and_kill(&containers);
-    let own_network = req.options.network != Network::Host;
-    userns::enter(&identity, own_network)?;
-    if own_network {
-        loopback::bring_up()?;
-    }
+    userns::enter(&identity)?;
     stale::finish(stale, &lc_root);
+    let net = Net::prepare(req.options.network, &req.publish)?;
 
     let path = containers.join(&name);
     let dir = ContainerDir::create_and_lock(&path)?.with_context(|| {
@@ -88,7 +87,7 @@ pub fn run(req: Request) -> Result<i32> {
     };
     dir.write(&record)?;
 
-    let result = run_in(&req, &plan, &identity, &dir, &mut record, &lc_root);
+    let result = run_in(&req, &plan, &identity, &dir, &mut record, &lc_root, net);
     let started = record.init.is_some();
     if let (Err(_), Some((pid, _))) = (&result, record.init) {
         // Built but never waited for: it is our child, so the pid is still its own.
@@ -121,7 +120,7 @@ pub fn remove(name: &str) -> Result<()> {
     let stale = stale::find_and_kill(&containers);
     // Root mapped to the host user and the rest to the subordinate range covers every id a
     // writable layer can hold, whatever user the container ran as.
-    userns::enter(&userns::plan(0, 0, UsernsMode::Auto)?, false)?;
+    userns::enter(&userns::plan(0, 0, UsernsMode::Auto)?)?;
     stale::finish(stale, &lc_root);
     let dir = ContainerDir::lock_existing(&path)?
         .with_context(|| format!("the container {name:?} is running: stop it first"))?;
@@ -135,6 +134,7 @@ fn run_in(
     dir: &ContainerDir,
     record: &mut Record,
     lc_root: &Path,
+    net: Net,
 ) -> Result<i32> {
     let p = |s: &str| dir.path.join(s);
     for d in ["upper", "work", "rootfs", "empty"] {
@@ -158,6 +158,10 @@ fn run_in(
             mapped_gids: identity.mapped_gids(),
             rootfs: &p("rootfs"),
             cgroups_path: format!("/eskrun/{}", record.id),
+            netns: net
+                .netns
+                .as_ref()
+                .map(|fd| format!("/proc/self/fd/{}", fd.as_raw_fd())),
             etc_files: &etc_files,
         },
     )?;
@@ -204,7 +208,51 @@ fn run_in(
     container
         .start()
         .map_err(|e| anyhow::anyhow!("starting the container: {e}"))?;
-    io::wait(pid, master, req.interactive)
+    // Threads only now: the container is cloned, and they inherit the blocked signals.
+    let forwarding = match (net.forwarder, net.netns) {
+        (Some(f), Some(ns)) => Some(f.serve(ns)?),
+        _ => None,
+    };
+    let code = io::wait(pid, master, req.interactive);
+    if let Some(f) = forwarding {
+        f.stop();
+    }
+    code
+}
+
+/// The container's network when it is not the host's: a namespace made by eskrun with `lo`
+/// up (the container's own is out of reach before it execs), and the forwarder of `-p` ports.
+struct Net {
+    netns: Option<std::os::fd::OwnedFd>,
+    forwarder: Option<crate::network::Forwarder>,
+}
+
+impl Net {
+    /// Host listeners are bound here, before the container exists: a busy port fails early.
+    fn prepare(network: Network, publish: &[crate::network::PortMapping]) -> Result<Net> {
+        Ok(match network {
+            Network::Host => {
+                crate::network::check_free(publish)?;
+                Net {
+                    netns: None,
+                    forwarder: None,
+                }
+            }
+            Network::None => {
+                if !publish.is_empty() {
+                    bail!("-p/--publish needs a network to publish from: use --network private (or host)");
+                }
+                Net {
+                    netns: Some(crate::network::create_netns()?),
+                    forwarder: None,
+                }
+            }
+            Network::Private => Net {
+                forwarder: Some(crate::network::Forwarder::bind(publish)?),
+                netns: Some(crate::network::create_netns()?),
+            },
+        })
+    }
 }
 
 /// A container that could not start: Docker's 127 (command not found) and 126 (not

@@ -170,18 +170,11 @@ fn is_initial_userns() -> bool {
         .unwrap_or(false)
 }
 
-/// Enters eskrun's namespaces, with a new network namespace when `network` (the container
-/// shares it). Must be called while the process is single-threaded.
-pub fn enter(identity: &Identity, network: bool) -> Result<()> {
-    let net = if network {
-        CloneFlags::CLONE_NEWNET
-    } else {
-        CloneFlags::empty()
-    };
+/// Enters eskrun's namespaces. Must be called while the process is single-threaded.
+pub fn enter(identity: &Identity) -> Result<()> {
     match identity {
         Identity::Root => {
-            unshare(CloneFlags::CLONE_NEWNS | net)
-                .context("creating mount and network namespaces")?;
+            unshare(CloneFlags::CLONE_NEWNS).context("creating a mount namespace")?;
             make_private()
         }
         Identity::Rootless { uids, gids } => {
@@ -190,7 +183,7 @@ pub fn enter(identity: &Identity, network: bool) -> Result<()> {
             } else {
                 None
             };
-            unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP | net)
+            unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP)
                 .context("creating a user namespace (are unprivileged user namespaces enabled? see sysctl kernel.unprivileged_userns_clone and user.max_user_namespaces)")?;
             match helper {
                 Some(h) => h.finish()?,

@@ -134,19 +134,6 @@ pub fn plan(
     })
 }
 
-/// `-p`: with the host network the container's ports are already the host's, and Docker too
-/// discards published ports with a warning; the private network's forwarder is not there yet.
-pub fn check_publish(publish: &[String], network: Network) -> Result<()> {
-    match (publish.is_empty(), network) {
-        (true, _) => Ok(()),
-        (false, Network::Host) => {
-            eprintln!("eskrun: published ports are discarded with the host network: the container's ports are the host's");
-            Ok(())
-        }
-        (false, _) => bail!("-p/--publish is not supported with --network none or private yet: use the host network (the default)"),
-    }
-}
-
 /// Expands `-e K` (from eskrun's environment; dropped when unset, as Docker does) and reads
 /// `--env-file` files (`K=V` or `K` lines, `#` comments).
 pub fn collect_env(env_files: &[PathBuf], env_args: &[String]) -> Result<Vec<String>> {
@@ -188,6 +175,8 @@ pub struct Host<'a> {
     pub rootfs: &'a Path,
     /// Absolute cgroups path, unique per container.
     pub cgroups_path: String,
+    /// The network namespace to join (a path), when not the host's.
+    pub netns: Option<String>,
     /// Files bind-mounted over /etc/hosts, /etc/hostname, /etc/resolv.conf.
     pub etc_files: &'a [(PathBuf, &'static str)],
 }
@@ -232,8 +221,7 @@ const READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// Builds the OCI runtime spec. No user or network namespace in it (eskrun is already in its
-/// own, and makes the network one itself when the container gets one), no
+/// Builds the OCI runtime spec. No user namespace in it (eskrun is already in its own), no
 /// `linux.resources` (limits fail without a delegated cgroup), rlimits inherited.
 pub fn to_oci(plan: &Plan, opts: &RunOptions, host: &Host) -> Result<Spec> {
     let gid_mapped = |g: u32| {
@@ -279,10 +267,18 @@ pub fn to_oci(plan: &Plan, opts: &RunOptions, host: &Host) -> Result<Spec> {
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
     ];
-    let namespaces = ns
+    let mut namespaces = ns
         .into_iter()
         .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
         .collect::<std::result::Result<Vec<_>, _>>()?;
+    if let Some(path) = &host.netns {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(path)
+                .build()?,
+        );
+    }
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(&host.cgroups_path))
@@ -511,6 +507,7 @@ mod tests {
             mapped_gids: Some(vec![(0, 1)]),
             rootfs: Path::new("/r"),
             cgroups_path: "/eskrun/x".into(),
+            netns: None,
             etc_files: &[],
         };
         let spec = to_oci(&p, &o, &host).unwrap();

@@ -62,7 +62,30 @@ impl Store {
             }
         }
         freed.bytes += self.remove_dead_tmp()?;
+        freed.bytes += self.remove_dead_partial_files()?;
         Ok(freed)
+    }
+
+    /// Removes the temporary files of [`super::write_atomic`] that a killed pull left in
+    /// `refs/`, `manifests/` and `configs/`. Only pulls write there, and none runs while we
+    /// hold the cache lock exclusively, so every such file is dead.
+    fn remove_dead_partial_files(&self) -> Result<u64> {
+        let mut bytes = 0;
+        for dir in [
+            self.root.join("refs"),
+            self.blob_dir(BlobKind::Manifest),
+            self.blob_dir(BlobKind::Config),
+        ] {
+            for entry in fs_err::read_dir(&dir)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                if name.to_str().is_some_and(super::is_partial_file) {
+                    bytes += entry.metadata()?.len();
+                    fs_err::remove_file(entry.path())?;
+                }
+            }
+        }
+        Ok(bytes)
     }
 
     /// Removes `tmp/layer-<hex>` directories whose layer lock nobody holds: their pull died.

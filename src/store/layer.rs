@@ -55,18 +55,18 @@ pub struct LayerWriter {
 
 impl Store {
     /// Claims the layer with compressed digest `digest`: waits while another process unpacks
-    /// it, then returns it as present, or hands us an empty directory to unpack into.
-    pub fn claim_layer(&self, digest: &str) -> Result<LayerSlot> {
+    /// it (calling `waiting` first, to tell the user), then returns it as present, or hands
+    /// us an empty directory to unpack into.
+    pub fn claim_layer(&self, digest: &str, waiting: impl FnOnce()) -> Result<LayerSlot> {
         let hex = digest_hex(digest)?;
         let dest = self.layer_dir(digest)?;
         if dest.is_dir() {
             return Ok(LayerSlot::Present(dest));
         }
-        let short = &hex[..12];
         let lock = Lock::acquire(
             &self.root.join("locks").join(format!("layer-{hex}.lock")),
             Mode::Exclusive,
-            || eprintln!("{short}: waiting for another eskrun that is fetching this layer"),
+            waiting,
         )?;
         if dest.is_dir() {
             return Ok(LayerSlot::Present(dest));

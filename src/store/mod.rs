@@ -22,6 +22,9 @@ pub use lock::{Lock, Mode};
 /// Bumped when the on-disk format changes, so an old eskrun never misreads a new cache.
 const LAYOUT: &str = "v1";
 
+/// Why a command pauses on the cache lock.
+pub const WAITING_FOR_CACHE: &str = "waiting for another eskrun using the cache to finish";
+
 /// An open cache directory.
 pub struct Store {
     root: PathBuf,
@@ -87,9 +90,12 @@ impl Store {
     /// The cache-wide lock: shared by pull and run (nothing may be collected while they use the
     /// cache), exclusive by rmi and prune.
     pub fn lock(&self, mode: Mode) -> Result<Lock> {
-        Lock::acquire(&self.root.join("locks/cache.lock"), mode, || {
-            eprintln!("eskrun: waiting for another eskrun using the cache to finish");
-        })
+        self.lock_or_else(mode, || eprintln!("eskrun: {WAITING_FOR_CACHE}"))
+    }
+
+    /// [`Store::lock`], telling the user through `waiting` when it has to wait.
+    pub fn lock_or_else(&self, mode: Mode, waiting: impl FnOnce()) -> Result<Lock> {
+        Lock::acquire(&self.root.join("locks/cache.lock"), mode, waiting)
     }
 
     /// Looks up a reference in the cache; `None` when it was never pulled.
@@ -233,12 +239,20 @@ fn escape_ref(reference: &str) -> String {
     reference.replace('%', "%25").replace('/', "%2F")
 }
 
+/// What marks the temporary name of a file being written by [`write_atomic`].
+const PARTIAL: &str = ".tmp-";
+
+/// Whether a file name is one [`write_atomic`] writes to before the rename.
+fn is_partial_file(name: &str) -> bool {
+    name.starts_with('.') && name.contains(PARTIAL)
+}
+
 /// Writes `path` so that readers see either the old content or the whole new one: a
 /// temporary file beside it, then `rename(2)`.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().expect("cache paths have a parent");
     let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}{PARTIAL}{}",
         path.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));

@@ -2,5 +2,6 @@
 //! items in one binary are expected.
 #![allow(dead_code)]
 
+pub mod eskrun;
 pub mod layers;
 pub mod registry;

@@ -829,6 +829,9 @@ pub enum Fault {
     },
     /// Forward, but close the connection after this many bytes of the response body.
     CutAfter(usize),
+    /// Forward this many bytes of the response body, then send nothing more for a minute
+    /// while keeping the connection open: a transfer that hangs, to kill a client mid-pull.
+    StallAfter(usize),
 }
 
 /// A plain-HTTP proxy in front of a plain-HTTP registry that applies queued faults. It also
@@ -886,6 +889,11 @@ impl FaultProxy {
                     respond(&mut client, status, &headers, body);
                 }
                 Some(Fault::CutAfter(n)) => forward(&mut client, &request, upstream, Some(n)),
+                Some(Fault::StallAfter(n)) => {
+                    forward_then(&mut client, &request, upstream, Some(n), || {
+                        std::thread::sleep(Duration::from_secs(60))
+                    })
+                }
                 None => forward(&mut client, &request, upstream, None),
             }
         });
@@ -913,6 +921,17 @@ impl FaultProxy {
 /// Forwards one request and its answer, with `Connection: close` on both sides; with `cut`,
 /// closes after that many body bytes.
 fn forward(client: &mut TcpStream, request: &Request, upstream: SocketAddr, cut: Option<usize>) {
+    forward_then(client, request, upstream, cut, || {})
+}
+
+/// [`forward`], calling `before_close` once the body (or its cut part) has been sent.
+fn forward_then(
+    client: &mut TcpStream,
+    request: &Request,
+    upstream: SocketAddr,
+    cut: Option<usize>,
+    before_close: impl FnOnce(),
+) {
     let Ok(mut server) = TcpStream::connect(upstream) else {
         return respond(client, 502, &[], b"upstream down");
     };
@@ -957,6 +976,7 @@ fn forward(client: &mut TcpStream, request: &Request, upstream: SocketAddr, cut:
         remaining -= n;
     }
     let _ = client.flush();
+    before_close();
     let _ = client.shutdown(Shutdown::Both);
 }
 
