@@ -766,3 +766,33 @@ fn private_network_publishes_ports() {
         assert_eq!(child.wait().unwrap().code(), Some(0), "{who:?}");
     }
 }
+
+#[test]
+fn supplementary_groups() {
+    for who in [Who::Root, Who::Subids] {
+        let w = World::new(who);
+        let img = w.image_config(json!({"Cmd": ["sh"], "User": "esdev"}));
+        let (code, out, err) = output(w.run(
+            &img,
+            &[
+                "--rm",
+                "--group-add",
+                "tty",
+                "--group-add",
+                "4242",
+                "img",
+                "id",
+                "-G",
+            ],
+        ));
+        assert_eq!((code, out.as_str()), (0, "1000 5 4242\n"), "{who:?}: {err}");
+    }
+    let w = World::new(Who::NoSubids);
+    let img = w.image_config(json!({"Cmd": ["sh"], "User": "esdev"}));
+    let (code, out, err) = output(w.run(&img, &["--rm", "--group-add", "4242", "img", "id", "-G"]));
+    assert_eq!((code, out.as_str()), (0, "1000\n"), "{err}");
+    assert!(
+        err.contains("supplementary groups 4242 are left out"),
+        "{err}"
+    );
+}

@@ -41,6 +41,9 @@ pub struct Args {
     /// Allocate a pseudo-terminal.
     #[arg(short = 't', long)]
     tty: bool,
+    /// Add a supplementary group (name from the image's /etc/group, or gid).
+    #[arg(long = "group-add", value_name = "GROUP")]
+    group_add: Vec<String>,
     /// Name of the container.
     #[arg(long)]
     name: Option<String>,
@@ -100,6 +103,7 @@ pub fn run(args: Args) -> Result<i32> {
         mounts,
         read_only: args.read_only,
         hostname: args.hostname,
+        group_add: args.group_add,
         tty: args.tty,
         network: match args.network.as_str() {
             "none" => Network::None,

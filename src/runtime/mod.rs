@@ -63,6 +63,18 @@ pub fn run(req: Request) -> Result<i32> {
     };
     let plan = spec::plan(&req.image, &req.layers, &req.options, &default_hostname)?;
     let identity = userns::plan(plan.user.uid, plan.user.gid, req.userns)?;
+    if let Some(mapped) = identity.mapped_gids() {
+        let unmapped: Vec<String> = plan
+            .user
+            .additional_gids
+            .iter()
+            .filter(|g| !mapped.iter().any(|(s, n)| **g >= *s && **g - s < *n))
+            .map(u32::to_string)
+            .collect();
+        if !unmapped.is_empty() && !req.options.group_add.is_empty() {
+            eprintln!("eskrun: supplementary groups {} are left out: without a subordinate gid range only the container's own group exists", unmapped.join(","));
+        }
+    }
 
     let containers = containers_dir();
     fs_err::create_dir_all(&containers)?;

@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub mounts: Vec<UserMount>,
     pub read_only: bool,
     pub hostname: Option<String>,
+    /// `--group-add`: more supplementary groups (names or gids).
+    pub group_add: Vec<String>,
     pub tty: bool,
     pub network: Network,
 }
@@ -92,7 +94,12 @@ pub fn plan(
         .clone()
         .or_else(|| config.user().clone())
         .unwrap_or_default();
-    let user = user::resolve(&user_spec, layers)?;
+    let mut user = user::resolve(&user_spec, layers)?;
+    for gid in user::resolve_groups(&opts.group_add, layers)? {
+        if gid != user.gid && !user.additional_gids.contains(&gid) {
+            user.additional_gids.push(gid);
+        }
+    }
     let hostname = opts
         .hostname
         .clone()

@@ -83,6 +83,31 @@ pub fn resolve(spec: &str, layers: &[PathBuf]) -> Result<User> {
     })
 }
 
+/// Resolves `--group-add` values (names from the image's /etc/group, or numbers).
+pub fn resolve_groups(groups: &[String], layers: &[PathBuf]) -> Result<Vec<u32>> {
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let table = read_image_file(layers, "etc/group")?.unwrap_or_default();
+    groups
+        .iter()
+        .map(|g| match g.parse::<u32>() {
+            Ok(gid) => Ok(gid),
+            Err(_) => table
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() >= 3 && f[0] == g)
+                .map(|f| parse_id(f[2], "gid", "/etc/group"))
+                .transpose()?
+                .with_context(|| {
+                    format!(
+                        "unable to find group {g}: no matching entries in the image's /etc/group"
+                    )
+                }),
+        })
+        .collect()
+}
+
 fn parse_id(s: &str, what: &str, file: &str) -> Result<u32> {
     s.parse()
         .with_context(|| format!("the image's {file} has an invalid {what} {s:?}"))
@@ -201,6 +226,11 @@ mod tests {
         let err = resolve("nobody", &layers).unwrap_err().to_string();
         assert!(err.contains("unable to find user nobody"), "{err}");
         assert!(resolve("esdev:nogroup", &layers).is_err());
+        assert_eq!(
+            resolve_groups(&["staff".into(), "7".into()], &layers).unwrap(),
+            [50, 7]
+        );
+        assert!(resolve_groups(&["nogroup".into()], &layers).is_err());
     }
 
     #[test]
