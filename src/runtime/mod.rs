@@ -152,13 +152,20 @@ fn run_in(
     for d in ["upper", "work", "rootfs", "empty"] {
         fs_err::create_dir_all(p(d))?;
     }
-    rootfs::mount_overlay(
+    if let Err(e) = rootfs::mount_overlay(
         &req.layers,
         &p("upper"),
         &p("work"),
         &p("empty"),
         &p("rootfs"),
-    )?;
+    ) {
+        eprintln!("eskrun: {e:#}: copying the image's layers instead, which is slower and takes space for each container");
+        // `up` keeps a copied root like a writable layer.
+        if !p("rootfs.copied").exists() {
+            rootfs::copy_layers(&req.layers, &p("rootfs"))?;
+            fs_err::write(p("rootfs.copied"), "")?;
+        }
+    }
     rootfs::ensure_dir(&p("rootfs"), &plan.cwd)?;
 
     let etc_files = write_etc_files(&dir.path, &plan.hostname, req.options.network)?;

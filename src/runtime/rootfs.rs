@@ -152,6 +152,69 @@ fn mount_layer_by_layer(
 
 const PAGE_LIMIT: usize = 4096;
 
+/// Where overlayfs cannot be mounted (kernels before 5.11 in a user namespace): the layers
+/// are copied into `target`, lowest first, applying whiteouts and opaque directories. Slower
+/// and bigger than an overlay, but it runs. Ownership is kept as real root.
+pub fn copy_layers(layers: &[PathBuf], target: &Path) -> Result<()> {
+    for layer in layers {
+        copy_tree(layer, target)
+            .with_context(|| format!("copying layer {} into the container", layer.display()))?;
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    for entry in fs_err::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let meta = fs_err::symlink_metadata(&src)?;
+        let ft = meta.file_type();
+        let existing = std::fs::symlink_metadata(&dst).ok();
+        let whiteout = ft.is_char_device() && meta.rdev() == 0;
+        if existing
+            .as_ref()
+            .is_some_and(|e| whiteout || !(ft.is_dir() && e.is_dir()))
+        {
+            remove_any(&dst)?;
+        }
+        if whiteout {
+            continue;
+        }
+        if ft.is_dir() {
+            if existing.as_ref().is_some_and(|e| e.is_dir()) && crate::spec::is_opaque(&src) {
+                // Opaque: nothing of the lower layers shows through.
+                remove_any(&dst)?;
+            }
+            if !dst.exists() {
+                fs_err::create_dir(&dst)?;
+            }
+            copy_tree(&src, &dst)?;
+            fs_err::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs_err::read_link(&src)?, &dst)
+                .with_context(|| format!("creating {}", dst.display()))?;
+        } else if ft.is_file() {
+            fs_err::copy(&src, &dst)?;
+        } else {
+            // Device nodes and FIFOs: only real root could have unpacked them; skip.
+            continue;
+        }
+        if nix::unistd::geteuid().is_root() {
+            let _ = std::os::unix::fs::lchown(&dst, Some(meta.uid()), Some(meta.gid()));
+        }
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> Result<()> {
+    match fs_err::symlink_metadata(path)? {
+        m if m.is_dir() => fs_err::remove_dir_all(path)?,
+        _ => fs_err::remove_file(path)?,
+    }
+    Ok(())
+}
+
 /// Creates the working directory inside the mounted root if missing, as Docker does. A
 /// symlink on the way is left to the runtime to resolve inside the container.
 pub fn ensure_dir(rootfs: &Path, dir: &str) -> Result<()> {
@@ -175,4 +238,58 @@ pub fn ensure_dir(rootfs: &Path, dir: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copied_layers_honour_whiteouts_and_opaque_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        let (low, high, out) = (
+            d.path().join("low"),
+            d.path().join("high"),
+            d.path().join("out"),
+        );
+        for dir in ["low/keep", "low/opaque", "low/gone", "high/opaque", "out"] {
+            fs_err::create_dir_all(d.path().join(dir)).unwrap();
+        }
+        fs_err::write(low.join("keep/a"), "low").unwrap();
+        fs_err::write(low.join("opaque/hidden"), "low").unwrap();
+        fs_err::write(low.join("gone/x"), "low").unwrap();
+        fs_err::write(low.join("file"), "low").unwrap();
+        fs_err::write(high.join("file"), "high").unwrap();
+        fs_err::write(high.join("opaque/new"), "high").unwrap();
+        std::os::unix::fs::symlink("file", high.join("link")).unwrap();
+        let wh = |p: PathBuf| {
+            nix::sys::stat::mknod(
+                &p,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+                0,
+            )
+            .unwrap()
+        };
+        wh(high.join("gone"));
+        let set = |p: &Path| {
+            let (p, n) = (
+                std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap(),
+                c"user.overlay.opaque",
+            );
+            // SAFETY: valid strings and value.
+            assert_eq!(
+                unsafe { nix::libc::lsetxattr(p.as_ptr(), n.as_ptr(), b"y".as_ptr().cast(), 1, 0) },
+                0
+            );
+        };
+        set(&high.join("opaque"));
+        copy_layers(&[low, high], &out).unwrap();
+        assert_eq!(fs_err::read_to_string(out.join("keep/a")).unwrap(), "low");
+        assert_eq!(fs_err::read_to_string(out.join("file")).unwrap(), "high");
+        assert_eq!(fs_err::read_to_string(out.join("link")).unwrap(), "high");
+        assert!(!out.join("gone").exists());
+        assert!(!out.join("opaque/hidden").exists());
+        assert!(out.join("opaque/new").exists());
+    }
 }

@@ -173,7 +173,8 @@ fn lookup_in_layer(layer: &Path, comps: &[&str]) -> Result<Found> {
     Ok(Found::NotHere)
 }
 
-fn is_opaque(dir: &Path) -> bool {
+/// Whether `dir` of an unpacked layer is opaque (hides the lower layers' contents).
+pub fn is_opaque(dir: &Path) -> bool {
     ["user.overlay.opaque", "trusted.overlay.opaque"]
         .iter()
         .any(|name| nix_getxattr(dir, name).as_deref() == Some(b"y".as_slice()))
