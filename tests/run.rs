@@ -796,3 +796,37 @@ fn supplementary_groups() {
         "{err}"
     );
 }
+
+#[test]
+fn layers_are_copied_where_overlay_cannot_take_them() {
+    for who in ALL {
+        let mut w = World::new(who);
+        // overlayfs cannot take a ':' in a layer path: eskrun copies the layers instead.
+        let odd = w.path("layers/odd:name");
+        std::fs::rename(&w.layers[1], &odd).unwrap();
+        w.layers[1] = odd;
+        let img = sh_image(&w);
+        let (code, out, err) = output(w.run(
+            &img,
+            &[
+                "--rm",
+                "img",
+                "sh",
+                "-c",
+                "cat /etc/added; test -e /etc/removed || echo gone",
+            ],
+        ));
+        assert_eq!((code, out.as_str()), (0, "upper\ngone\n"), "{who:?}: {err}");
+        assert!(
+            err.contains("copying the image's layers instead"),
+            "{who:?}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(w.path("state/containers"))
+                .unwrap()
+                .count(),
+            0,
+            "{who:?}"
+        );
+    }
+}
