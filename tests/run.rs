@@ -840,3 +840,54 @@ fn layers_are_copied_where_overlay_cannot_take_them() {
         );
     }
 }
+
+#[test]
+fn resource_limits_as_root_and_a_clear_refusal_rootless() {
+    let w = World::new(Who::Root);
+    let img = sh_image(&w);
+    let limits = ["--memory", "64m", "--cpus", "0.5", "--pids-limit", "50"];
+    let mut args = vec!["--rm"];
+    args.extend(limits);
+    args.extend(["img", "sh", "-c", "echo ready; exec sleep 1000"]);
+    let mut child = w.run(&img, &args).stdout(Stdio::piped()).spawn().unwrap();
+    let _out = wait_for_line(&mut child, "ready");
+    let init = children(child.id())[0];
+    let cgroups = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();
+    let path = |controller: &str| {
+        let line = cgroups
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == controller))
+            })
+            .unwrap();
+        format!(
+            "/sys/fs/cgroup/{controller}{}",
+            line.rsplit(':').next().unwrap()
+        )
+    };
+    let read = |p: String| std::fs::read_to_string(p).unwrap().trim().to_string();
+    assert!(path("memory").contains("/eskrun/"), "{cgroups}");
+    assert_eq!(
+        read(format!("{}/memory.limit_in_bytes", path("memory"))),
+        (64 << 20).to_string()
+    );
+    assert_eq!(read(format!("{}/pids.max", path("pids"))), "50");
+    assert_eq!(read(format!("{}/cpu.cfs_quota_us", path("cpu"))), "50000");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(137));
+
+    let w = World::new(Who::Subids);
+    let img = sh_image(&w);
+    let (code, _, err) = output(w.run(&img, &["--rm", "--memory", "64m", "img", "true"]));
+    assert_eq!((code, err.lines().count()), (125, 1), "{err}");
+    assert!(
+        err.contains("--memory, --cpus and --pids-limit need a cgroup"),
+        "{err}"
+    );
+}

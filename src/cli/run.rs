@@ -44,6 +44,15 @@ pub struct Args {
     /// Add a supplementary group (name from the image's /etc/group, or gid).
     #[arg(long = "group-add", value_name = "GROUP")]
     group_add: Vec<String>,
+    /// Memory limit (e.g. 512m; needs a cgroup eskrun may write: real root here).
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// CPUs the container may use (e.g. 1.5).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Most processes the container may have.
+    #[arg(long = "pids-limit")]
+    pids_limit: Option<i64>,
     /// Name of the container.
     #[arg(long)]
     name: Option<String>,
@@ -104,6 +113,11 @@ pub fn run(args: Args) -> Result<i32> {
         read_only: args.read_only,
         hostname: args.hostname,
         group_add: args.group_add,
+        limits: spec::Limits {
+            memory: args.memory.as_deref().map(spec::parse_memory).transpose()?,
+            cpus: args.cpus,
+            pids: args.pids_limit,
+        },
         tty: args.tty,
         network: match args.network.as_str() {
             "none" => Network::None,

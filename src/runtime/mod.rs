@@ -63,6 +63,9 @@ pub fn run(req: Request) -> Result<i32> {
     };
     let plan = spec::plan(&req.image, &req.layers, &req.options, &default_hostname)?;
     let identity = userns::plan(plan.user.uid, plan.user.gid, req.userns)?;
+    if identity.is_rootless() && req.options.limits.any() {
+        bail!("--memory, --cpus and --pids-limit need a cgroup eskrun may write, and this host delegates none to you: run without them (or as root)");
+    }
     if let Some(mapped) = identity.mapped_gids() {
         let unmapped: Vec<String> = plan
             .user

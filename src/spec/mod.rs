@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 pub use mounts::{parse_mount, parse_tmpfs, parse_volume, UserMount};
@@ -49,6 +50,43 @@ pub struct RunOptions {
     pub group_add: Vec<String>,
     pub tty: bool,
     pub network: Network,
+    pub limits: Limits,
+}
+
+/// `--memory`, `--cpus`, `--pids-limit`: they need a cgroup eskrun may write.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Bytes.
+    pub memory: Option<i64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<i64>,
+}
+
+impl Limits {
+    pub fn any(&self) -> bool {
+        self.memory.is_some() || self.cpus.is_some() || self.pids.is_some()
+    }
+}
+
+/// Parses Docker's memory sizes: a number with an optional b, k, m or g suffix.
+pub fn parse_memory(text: &str) -> Result<i64> {
+    let t = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t.as_str(), ""),
+    };
+    let scale: i64 = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => bail!("invalid memory size {text:?}: use a number with b, k, m or g (e.g. 512m)"),
+    };
+    let n: i64 = digits.parse().map_err(|_| {
+        anyhow::anyhow!("invalid memory size {text:?}: use a number with b, k, m or g (e.g. 512m)")
+    })?;
+    n.checked_mul(scale)
+        .with_context(|| format!("memory size {text:?} is too large"))
 }
 
 /// What the container runs, after Docker's rules were applied to the image and the options.
@@ -294,6 +332,30 @@ pub fn to_oci(plan: &Plan, opts: &RunOptions, host: &Host) -> Result<Spec> {
         .build()?;
     // The builder starts from Linux::default(), which has (empty) resources.
     linux.set_resources(None);
+    if opts.limits.any() {
+        let l = opts.limits;
+        let mut resources = LinuxResourcesBuilder::default();
+        if let Some(m) = l.memory {
+            resources = resources.memory(LinuxMemoryBuilder::default().limit(m).build()?);
+        }
+        if let Some(c) = l.cpus {
+            if c.is_nan() || c <= 0.0 {
+                bail!("--cpus must be more than 0");
+            }
+            const PERIOD: u64 = 100_000;
+            let quota = (c * PERIOD as f64).round() as i64;
+            resources = resources.cpu(
+                LinuxCpuBuilder::default()
+                    .quota(quota)
+                    .period(PERIOD)
+                    .build()?,
+            );
+        }
+        if let Some(p) = l.pids {
+            resources = resources.pids(LinuxPidsBuilder::default().limit(p).build()?);
+        }
+        linux.set_resources(Some(resources.build()?));
+    }
 
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
@@ -489,6 +551,16 @@ mod tests {
         assert_eq!((p.cwd.as_str(), p.hostname.as_str()), ("/w", "named"));
         o.workdir = Some("rel".into());
         assert!(plan(&img, &[], &o, "abc").is_err());
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512").unwrap(), 512);
+        assert_eq!(parse_memory("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_memory("2GB").unwrap(), 2 << 30);
+        assert_eq!(parse_memory("1k").unwrap(), 1024);
+        assert!(parse_memory("12x").is_err());
+        assert!(parse_memory("m").is_err());
     }
 
     #[test]
