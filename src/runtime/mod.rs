@@ -290,9 +290,10 @@ fn start_failure(error: &str, command: &str) -> Result<i32> {
         eprintln!("eskrun: {command}: not an executable file in the container");
         return Ok(126);
     }
-    // libcontainer's message is a chain of "failed to ..." ending in the cause; run with
-    // --debug for its log.
-    bail!("the container could not be created: {error} (eskrun --debug run ... shows libcontainer's log)")
+    // libcontainer's message is a chain of "failed to ..." ending in the cause.
+    bail!(
+        "the container could not be created: {error} (ESKRUN_LOG=libcontainer=debug shows its log)"
+    )
 }
 
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf for the container, as Docker provides them:
