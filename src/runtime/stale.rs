@@ -55,6 +55,7 @@ pub fn finish(stale: Vec<Stale>, root: &Path) {
             let _ = dir.write(&record);
         }
     }
+    remove_leftover_cgroups(root);
 }
 
 /// Deletes libcontainer's state of a container whose init is gone.
@@ -91,6 +92,30 @@ fn kill_if_same(pid: i32, started: u64) {
         nix::poll::PollFlags::POLLIN,
     )];
     let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16));
+}
+
+/// As real root, removes the empty cgroups of containers that are gone. A killed container's
+/// init stays a zombie in its (v1) cgroup until whoever inherited it reaps it, so deleting it
+/// may fail at first; a later eskrun finishes the job. rmdir only ever removes empty cgroups.
+fn remove_leftover_cgroups(lc_root: &Path) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let mut parents = vec![std::path::PathBuf::from("/sys/fs/cgroup/eskrun")];
+    if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+        parents.extend(controllers.flatten().map(|c| c.path().join("eskrun")));
+    }
+    for parent in parents {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let id = entry.file_name();
+            if entry.path().is_dir() && !lc_root.join(&id).exists() {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
 }
 
 fn send_kill(pidfd: &OwnedFd) -> nix::Result<()> {
