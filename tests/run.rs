@@ -796,6 +796,12 @@ fn supplementary_groups() {
             ],
         ));
         assert_eq!((code, out.as_str()), (0, "1000 5 4242\n"), "{who:?}: {err}");
+        // None of eskrun's own supplementary groups leak in.
+        let (code, out, err) = output(w.run(
+            &img,
+            &["--rm", "-u", "0", "--userns=keep-id", "img", "id", "-G"],
+        ));
+        assert_eq!((code, out.as_str()), (0, "0\n"), "{who:?}: {err}");
     }
     let w = World::new(Who::NoSubids);
     let img = w.image_config(json!({"Cmd": ["sh"], "User": "esdev"}));

@@ -177,6 +177,7 @@ fn run_in(
         &req.options,
         &spec::Host {
             rootless: identity.is_rootless(),
+            can_setgroups: identity.can_setgroups(),
             mapped_gids: identity.mapped_gids(),
             rootfs: &p("rootfs"),
             cgroups_path: format!("/eskrun/{}", record.id),

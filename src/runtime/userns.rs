@@ -41,6 +41,14 @@ impl Identity {
         matches!(self, Identity::Rootless { .. })
     }
 
+    /// Whether setgroups(2) is allowed: denied when one gid is mapped without newgidmap.
+    pub fn can_setgroups(&self) -> bool {
+        match self {
+            Identity::Root => true,
+            Identity::Rootless { uids, gids } => uids.len() > 1 || gids.len() > 1,
+        }
+    }
+
     /// Container gids that exist, as `(first, count)`; `None` means all of them.
     pub fn mapped_gids(&self) -> Option<Vec<(u32, u32)>> {
         match self {

@@ -214,6 +214,8 @@ pub fn collect_env(env_files: &[PathBuf], env_args: &[String]) -> Result<Vec<Str
 pub struct Host<'a> {
     /// eskrun runs in its own user namespace (so sysfs needs a bind, ids may be unmapped).
     pub rootless: bool,
+    /// setgroups(2) works (not denied in eskrun's user namespace).
+    pub can_setgroups: bool,
     /// Container gids that exist in eskrun's user namespace (all, when `None`).
     pub mapped_gids: Option<Vec<(u32, u32)>>,
     /// The mounted overlay that becomes `/`.
@@ -282,17 +284,22 @@ pub fn to_oci(plan: &Plan, opts: &RunOptions, host: &Host) -> Result<Spec> {
         .inheritable(HashSet::new())
         .ambient(HashSet::new())
         .build()?;
+    let mut groups: Vec<u32> = plan
+        .user
+        .additional_gids
+        .iter()
+        .copied()
+        .filter(|g| gid_mapped(*g))
+        .collect();
+    // An empty list leaves eskrun's own supplementary groups to the container: name the
+    // primary group so they are replaced, where setgroups is allowed at all.
+    if groups.is_empty() && host.can_setgroups {
+        groups.push(plan.user.gid);
+    }
     let user = UserBuilder::default()
         .uid(plan.user.uid)
         .gid(plan.user.gid)
-        .additional_gids(
-            plan.user
-                .additional_gids
-                .iter()
-                .copied()
-                .filter(|g| gid_mapped(*g))
-                .collect::<Vec<_>>(),
-        )
+        .additional_gids(groups)
         .build()?;
     let process = ProcessBuilder::default()
         .terminal(opts.tty)
@@ -583,6 +590,7 @@ mod tests {
         let p = plan(&img, &[], &o, "h").unwrap();
         let host = Host {
             rootless: true,
+            can_setgroups: false,
             mapped_gids: Some(vec![(0, 1)]),
             rootfs: Path::new("/r"),
             cgroups_path: "/eskrun/x".into(),
