@@ -147,9 +147,10 @@ nix::ioctl_read_bad!(get_winsize, nix::libc::TIOCGWINSZ, nix::libc::winsize);
 nix::ioctl_write_ptr_bad!(set_winsize, nix::libc::TIOCSWINSZ, nix::libc::winsize);
 
 /// Copies eskrun's terminal size (stdin, else stdout) to the container's pty.
-pub fn sync_winsize(master: BorrowedFd) {
+fn sync_winsize(master: BorrowedFd) {
+    // SAFETY: all-zero is a valid winsize, which the ioctls fill or read.
     let mut ws: nix::libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: ws is a valid winsize for the ioctl to fill or read.
+    // SAFETY: see above; fds 0/1 and the master are plain fds.
     unsafe {
         if get_winsize(0, &mut ws).is_ok() || get_winsize(1, &mut ws).is_ok() {
             let _ = set_winsize(master.as_raw_fd(), &ws);
@@ -159,7 +160,7 @@ pub fn sync_winsize(master: BorrowedFd) {
 
 /// The signals eskrun handles itself: blocked from `build()` on (a container that exits at
 /// once must not lose its SIGCHLD), read through a signalfd.
-pub fn handled_signals() -> SigSet {
+fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGCHLD,
@@ -176,6 +177,7 @@ pub fn handled_signals() -> SigSet {
     set
 }
 
+/// Blocks [`handled_signals`]; the container's init, cloned before this, keeps its mask.
 pub fn block_signals() -> Result<()> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled_signals()), None)
         .context("blocking signals")
