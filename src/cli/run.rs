@@ -7,6 +7,37 @@ use anyhow::{Context, Result};
 use crate::runtime::{self, UsernsMode};
 use crate::spec::{self, Network, RunOptions};
 
+/// `--network`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NetworkArg {
+    /// Share the host's network: a published port is the container's own.
+    Host,
+    /// Loopback only.
+    None,
+    /// Own network namespace; -p ports forwarded by eskrun, outbound through slirp4netns
+    /// where it can run.
+    Private,
+}
+
+/// `--userns`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(super) enum Userns {
+    /// Map you to the container's user (and a subordinate range, if any, to the rest).
+    #[value(alias = "")]
+    Auto,
+    /// Keep your own ids inside (needs a subordinate range).
+    KeepId,
+}
+
+impl From<Userns> for UsernsMode {
+    fn from(u: Userns) -> UsernsMode {
+        match u {
+            Userns::Auto => UsernsMode::Auto,
+            Userns::KeepId => UsernsMode::KeepId,
+        }
+    }
+}
+
 /// Run a command in a new container (foreground; the exit code is the container's).
 #[derive(clap::Args)]
 #[command(trailing_var_arg = true)]
@@ -62,18 +93,21 @@ pub struct Args {
     /// Mount the container's root read-only.
     #[arg(long)]
     read_only: bool,
-    /// host (default), none, or private (ports published with -p).
-    #[arg(long, default_value = "host", value_parser = ["host", "none", "private"])]
-    network: String,
+    /// Network [default: host; private when a -p remaps a port or names a host address].
+    #[arg(long, value_enum)]
+    network: Option<NetworkArg>,
     /// Mount a tmpfs: DST[:OPTIONS].
     #[arg(long = "tmpfs", value_name = "DST[:OPTS]")]
     tmpfs: Vec<String>,
-    /// User namespace: "" (map you to the container's user) or keep-id (keep your own ids).
-    #[arg(long, default_value = "", value_parser = ["", "keep-id", "auto"])]
-    userns: String,
-    /// Publish a port: [IP:][HOST:]CONTAINER[/PROTO] (forwarded with --network private).
+    /// User namespace.
+    #[arg(long, value_enum, default_value_t = Userns::Auto)]
+    userns: Userns,
+    /// Publish a port: [IP:][HOST:]CONTAINER[/PROTO].
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
     publish: Vec<String>,
+    /// Publish all the image's exposed ports on the same host ports.
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
     /// Run from these unpacked layer trees (lowest first) instead of a cached image.
     #[arg(long = "layer", value_name = "DIR", hide = true)]
     layers: Vec<PathBuf>,
@@ -119,10 +153,10 @@ pub fn run(args: Args) -> Result<i32> {
             pids: args.pids_limit,
         },
         tty: args.tty,
-        network: match args.network.as_str() {
-            "none" => Network::None,
-            "private" => Network::Private,
-            _ => Network::Host,
+        network: match args.network {
+            Some(NetworkArg::None) => Network::None,
+            Some(NetworkArg::Private) => Network::Private,
+            Some(NetworkArg::Host) | None => Network::Host,
         },
     };
     // Held until the container ends, so the image is not collected from under it.
@@ -150,6 +184,9 @@ pub fn run(args: Args) -> Result<i32> {
             .collect::<Result<Vec<_>, _>>()?;
         (config, layers)
     };
+    if args.publish_all {
+        publish = crate::network::with_exposed(publish, &exposed_ports(&image))?;
+    }
     runtime::run(runtime::Request {
         image,
         layers,
@@ -159,10 +196,16 @@ pub fn run(args: Args) -> Result<i32> {
         remove: args.rm,
         reuse: false,
         publish,
-        userns: if args.userns == "keep-id" {
-            UsernsMode::KeepId
-        } else {
-            UsernsMode::Auto
-        },
+        network_given: args.network.is_some(),
+        userns: args.userns.into(),
     })
+}
+
+/// The image config's `ExposedPorts` keys (`8888/tcp`).
+pub(super) fn exposed_ports(image: &oci_spec::image::ImageConfiguration) -> Vec<String> {
+    image
+        .config()
+        .as_ref()
+        .and_then(|c| c.exposed_ports().clone())
+        .unwrap_or_default()
 }

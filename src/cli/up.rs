@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::runtime::{self, project::Project, UsernsMode};
+use super::run::Userns;
+use crate::runtime::{self, project::Project};
 use crate::spec::{Network, RunOptions, UserMount};
 
 /// Start (or re-enter) the development container of a directory; its writable layer is kept
-/// until `eskrun down`.
+/// until `eskrun down`. The image's exposed ports are published on the same host ports.
 #[derive(clap::Args)]
 #[command(trailing_var_arg = true)]
 pub struct Args {
@@ -28,12 +29,12 @@ pub struct Args {
     /// Set an environment variable (K=V), or pass K from eskrun's environment.
     #[arg(short = 'e', long = "env", value_name = "K[=V]")]
     env: Vec<String>,
-    /// Publish a port (checked to be free: the container shares the host's network).
+    /// Publish a port, besides the image's exposed ones: [IP:][HOST:]CONTAINER[/PROTO].
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
     publish: Vec<String>,
-    /// User namespace: "" or keep-id (keep your own ids inside).
-    #[arg(long, default_value = "", value_parser = ["", "keep-id", "auto"])]
-    userns: String,
+    /// User namespace.
+    #[arg(long, value_enum, default_value_t = Userns::Auto)]
+    userns: Userns,
     /// Command and arguments (default: eskrun.toml's `command`, else the image's).
     command: Vec<String>,
 }
@@ -71,6 +72,8 @@ pub fn run(args: Args) -> Result<i32> {
     for p in &args.publish {
         publish.extend(crate::network::parse_publish(p)?);
     }
+    let publish =
+        crate::network::with_exposed(publish, &super::run::exposed_ports(&cached.image.config))?;
     runtime::run(runtime::Request {
         image: cached.image.config.clone(),
         layers: cached.image.layers.clone(),
@@ -80,10 +83,7 @@ pub fn run(args: Args) -> Result<i32> {
         remove: false,
         reuse: true,
         publish,
-        userns: if args.userns == "keep-id" {
-            UsernsMode::KeepId
-        } else {
-            UsernsMode::Auto
-        },
+        network_given: false,
+        userns: args.userns.into(),
     })
 }

@@ -14,17 +14,21 @@
 //! [`RunningForwarder::stop`] (or dropping it) closes listeners and connections when the
 //! container exits. For `--network host`, [`check_free`] gives the same early error.
 //!
+//! Outbound connections from such a namespace go through slirp4netns where it can run
+//! ([`outbound`]); elsewhere the container has none.
+//!
 //! A new network namespace has `lo` down: [`create_netns`] makes one with `lo` up for the
 //! container to join, or [`bring_loopback_up`] fixes the container's own.
 
 mod forward;
 mod holder;
 mod netns;
+pub mod outbound;
 mod publish;
 
 pub use forward::{check_free, Forwarder, RunningForwarder};
 pub use netns::{bring_loopback_up, create_netns};
-pub use publish::{exposed_to_mappings, parse_publish, PortMapping, Protocol};
+pub use publish::{exposed_to_mappings, parse_publish, with_exposed, PortMapping, Protocol};
 
 use std::net::SocketAddr;
 

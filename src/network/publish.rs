@@ -33,6 +33,13 @@ pub struct PortMapping {
 }
 
 impl PortMapping {
+    /// Whether sharing the host's network honours this mapping: only when the container's
+    /// port is the host's and it listens on every address (the container's server decides
+    /// where it listens, so a loopback-only `HOST_IP` needs eskrun's forwarder).
+    pub fn host_network_can_publish(&self) -> bool {
+        self.host_port == self.container_port && self.host_ip.map_or(true, |ip| ip.is_unspecified())
+    }
+
     /// The host address to listen on.
     pub fn host_addr(&self) -> SocketAddr {
         SocketAddr::new(
@@ -124,6 +131,24 @@ pub fn exposed_to_mappings(exposed: &[String]) -> Result<Vec<PortMapping>, Netwo
         })?);
     }
     Ok(mappings)
+}
+
+/// `-p` mappings plus those of `exposed` (image `ExposedPorts` keys, for `-P` and `eskrun up`)
+/// whose container port and protocol no `-p` publishes already: `-p 8889:8888` replaces the
+/// image's `8888/tcp` rather than publishing it twice.
+pub fn with_exposed(
+    mut publish: Vec<PortMapping>,
+    exposed: &[String],
+) -> Result<Vec<PortMapping>, NetworkError> {
+    for e in exposed_to_mappings(exposed)? {
+        let published = publish
+            .iter()
+            .any(|p| (p.container_port, p.protocol) == (e.container_port, e.protocol));
+        if !published {
+            publish.push(e);
+        }
+    }
+    Ok(publish)
 }
 
 /// Splits an optional leading host address from the port part.
@@ -236,6 +261,13 @@ mod tests {
     }
 
     #[test]
+    fn what_the_host_network_honours() {
+        let can = |s: &str| parse_publish(s).unwrap()[0].host_network_can_publish();
+        assert!(can("8888:8888") && can("0.0.0.0:8888:8888/udp") && can("[::]:80:80"));
+        assert!(!can("8889:8888") && !can("127.0.0.1:8888:8888") && !can("[::1]:80:80"));
+    }
+
+    #[test]
     fn exposed_ports() {
         let keys = ["8888/tcp", "53/udp", "9000"].map(String::from);
         let mappings = exposed_to_mappings(&keys).unwrap();
@@ -244,6 +276,12 @@ mod tests {
         assert_eq!(mappings[2], tcp(None, 9000, 9000));
         let err = exposed_to_mappings(&["1.2.3.4:80:80/tcp".into()]).unwrap_err();
         assert!(err.to_string().contains("exposed port"), "{err}");
+        let published = with_exposed(parse_publish("8889:8888").unwrap(), &keys).unwrap();
+        assert_eq!(
+            published,
+            [tcp(None, 8889, 8888), mappings[1], mappings[2]],
+            "a -p for 8888/tcp replaces the exposed one"
+        );
         let err = exposed_to_mappings(&["http/tcp".into()]).unwrap_err();
         assert!(err.to_string().contains("\"http/tcp\""), "{err}");
     }

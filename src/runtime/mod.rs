@@ -13,7 +13,7 @@ mod rootfs;
 mod stale;
 pub mod userns;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -21,6 +21,7 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::image::ImageConfiguration;
 
+use crate::network::{outbound, PortMapping};
 use crate::spec::{self, Network, RunOptions};
 pub use image::{cached, CachedImage, Lookup};
 pub use record::libcontainer_root;
@@ -43,7 +44,10 @@ pub struct Request {
     pub reuse: bool,
     pub userns: UsernsMode,
     /// `-p`: ports published from the host (forwarded with `--network private`).
-    pub publish: Vec<crate::network::PortMapping>,
+    pub publish: Vec<PortMapping>,
+    /// `--network` was given: `options.network` is kept even when the host network cannot
+    /// publish a port as asked (see [`choose_network`]).
+    pub network_given: bool,
 }
 
 /// The directory holding all containers' directories.
@@ -53,7 +57,8 @@ pub fn containers_dir() -> PathBuf {
 
 /// Runs the container in the foreground and returns its exit code (128+N when signal N
 /// killed it). Must be called while the process is single-threaded.
-pub fn run(req: Request) -> Result<i32> {
+pub fn run(mut req: Request) -> Result<i32> {
+    let switched = choose_network(&mut req)?;
     let id = random_id()?;
     let name = req.name.clone().unwrap_or_else(|| id.clone());
     check_name(&name)?;
@@ -86,7 +91,7 @@ pub fn run(req: Request) -> Result<i32> {
     let stale = stale::find_and_kill(&containers);
     userns::enter(&identity)?;
     stale::finish(stale, &lc_root);
-    let net = Net::prepare(req.options.network, &req.publish)?;
+    let net = Net::prepare(req.options.network, &req.publish, switched)?;
 
     let path = containers.join(&name);
     let dir = ContainerDir::create_and_lock(&path)?.with_context(|| {
@@ -171,7 +176,12 @@ fn run_in(
     }
     rootfs::ensure_dir(&p("rootfs"), &plan.cwd)?;
 
-    let etc_files = write_etc_files(&dir.path, &plan.hostname, req.options.network)?;
+    let etc_files = write_etc_files(
+        &dir.path,
+        &plan.hostname,
+        req.options.network,
+        net.outbound.is_some(),
+    )?;
     let oci = spec::to_oci(
         plan,
         &req.options,
@@ -243,22 +253,52 @@ fn run_in(
     code
 }
 
+/// Moves a container to `--network private` when the host network (the default, `--network`
+/// not given) cannot publish its ports as asked: a remapped port or a host address other than
+/// all of them. Returns the mapping that made it switch, for the notice.
+fn choose_network(req: &mut Request) -> Result<Option<PortMapping>> {
+    if req.options.network != Network::Host {
+        return Ok(None);
+    }
+    let Some(m) = req.publish.iter().find(|m| !m.host_network_can_publish()) else {
+        return Ok(None);
+    };
+    if req.network_given {
+        bail!(
+            "--network host cannot publish {m}: the container's server listens on the host's own ports and addresses; publish -p {port}:{port} or leave out --network host (eskrun then forwards the port with --network private)",
+            port = m.container_port
+        );
+    }
+    req.options.network = Network::Private;
+    Ok(Some(*m))
+}
+
 /// The container's network when it is not the host's: a namespace made by eskrun with `lo`
-/// up (the container's own is out of reach before it execs), and the forwarder of `-p` ports.
+/// up (the container's own is out of reach before it execs), the forwarder of `-p` ports and
+/// slirp4netns for outbound connections where it can run.
 struct Net {
     netns: Option<std::os::fd::OwnedFd>,
     forwarder: Option<crate::network::Forwarder>,
+    /// Kept until the container ends.
+    outbound: Option<outbound::Outbound>,
 }
 
 impl Net {
     /// Host listeners are bound here, before the container exists: a busy port fails early.
-    fn prepare(network: Network, publish: &[crate::network::PortMapping]) -> Result<Net> {
+    /// Says in one line what the container's network is when that is not what was asked for
+    /// (`switched`) or has no way out.
+    fn prepare(
+        network: Network,
+        publish: &[PortMapping],
+        switched: Option<PortMapping>,
+    ) -> Result<Net> {
         Ok(match network {
             Network::Host => {
                 crate::network::check_free(publish)?;
                 Net {
                     netns: None,
                     forwarder: None,
+                    outbound: None,
                 }
             }
             Network::None => {
@@ -268,12 +308,30 @@ impl Net {
                 Net {
                     netns: Some(crate::network::create_netns()?),
                     forwarder: None,
+                    outbound: None,
                 }
             }
-            Network::Private => Net {
-                forwarder: Some(crate::network::Forwarder::bind(publish)?),
-                netns: Some(crate::network::create_netns()?),
-            },
+            Network::Private => {
+                let forwarder = crate::network::Forwarder::bind(publish)?;
+                let netns = crate::network::create_netns()?;
+                let outbound = outbound::start(netns.as_fd());
+                let ports = if publish.is_empty() {
+                    ""
+                } else {
+                    ", ports forwarded by eskrun"
+                };
+                match (&switched, &outbound) {
+                    (Some(m), Ok(_)) => eprintln!("eskrun: the host's network cannot publish {m}, so this container gets its own (--network private{ports}, outbound through slirp4netns)"),
+                    (Some(m), Err(why)) => eprintln!("eskrun: the host's network cannot publish {m}, so this container gets its own (--network private{ports}) without outbound connections ({why}); publish -p {p}:{p} to keep the host's network", p = m.container_port),
+                    (None, Err(why)) => eprintln!("eskrun: this container has no outbound network ({why}): use --network host for that"),
+                    (None, Ok(_)) => {}
+                }
+                Net {
+                    forwarder: Some(forwarder),
+                    netns: Some(netns),
+                    outbound: outbound.ok(),
+                }
+            }
         })
     }
 }
@@ -298,17 +356,24 @@ fn start_failure(error: &str, command: &str) -> Result<i32> {
 }
 
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf for the container, as Docker provides them:
-/// the host's hosts and resolv.conf with the host network, a minimal hosts file otherwise.
+/// the host's hosts and resolv.conf with the host network, a minimal hosts file otherwise, and
+/// slirp4netns' DNS forwarder when it gives the container its network (the host's servers may
+/// be on its loopback, out of the container's reach).
 fn write_etc_files(
     dir: &Path,
     hostname: &str,
     network: Network,
+    slirp: bool,
 ) -> Result<Vec<(PathBuf, &'static str)>> {
     let hosts = match network {
         Network::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
         _ => format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
     };
-    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv = if slirp {
+        format!("nameserver {}\n", outbound::SLIRP_DNS)
+    } else {
+        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+    };
     let files = [
         ("hosts", hosts, "/etc/hosts"),
         ("hostname", format!("{hostname}\n"), "/etc/hostname"),
