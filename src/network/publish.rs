@@ -37,7 +37,7 @@ impl PortMapping {
     /// port is the host's and it listens on every address (the container's server decides
     /// where it listens, so a loopback-only `HOST_IP` needs eskrun's forwarder).
     pub fn host_network_can_publish(&self) -> bool {
-        self.host_port == self.container_port && self.host_ip.map_or(true, |ip| ip.is_unspecified())
+        self.host_port == self.container_port && self.host_ip.is_none_or(|ip| ip.is_unspecified())
     }
 
     /// The host address to listen on.
