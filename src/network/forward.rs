@@ -367,8 +367,12 @@ fn start_connection(client: TcpStream, port: u16, shared: &Arc<Shared>) {
         warn!("port {port}: {MAX_TCP_CONNECTIONS} connections open, closing a new one");
         return;
     }
-    let Ok(handle) = client.try_clone() else {
-        return;
+    let handle = match client.try_clone() {
+        Ok(h) => h,
+        Err(e) => {
+            warn!("port {port}: cannot take a connection: {e}");
+            return;
+        }
     };
     let id = live.next_id;
     live.next_id += 1;
@@ -379,14 +383,17 @@ fn start_connection(client: TcpStream, port: u16, shared: &Arc<Shared>) {
         id,
     };
     // On a failed spawn the closure, guard included, is dropped: the client is closed.
-    let _ = thread::Builder::new()
+    if let Err(e) = thread::Builder::new()
         .name("eskrun-fwd-conn".into())
         .stack_size(THREAD_STACK)
         .spawn(move || {
             relay_connection(client, port, &guard);
             // Only now, with every socket closed, may stop() consider it gone.
             drop(guard);
-        });
+        })
+    {
+        warn!("port {port}: cannot take a connection: {e}");
+    }
 }
 
 fn relay_connection(client: TcpStream, port: u16, guard: &ConnectionGuard) {
@@ -412,14 +419,20 @@ fn relay_connection(client: TcpStream, port: u16, guard: &ConnectionGuard) {
     // Interactive protocols (a notebook's websocket) must not wait for Nagle.
     let _ = client.set_nodelay(true);
     let _ = inner.set_nodelay(true);
-    let (Ok(client_back), Ok(inner_back)) = (client.try_clone(), inner.try_clone()) else {
-        return;
+    let back = client.try_clone().and_then(|client_back| {
+        let inner_back = inner.try_clone()?;
+        thread::Builder::new()
+            .name("eskrun-fwd-conn".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || relay(&inner_back, &client_back))
+    });
+    let back = match back {
+        Ok(back) => back,
+        Err(e) => {
+            warn!("port {port}: cannot forward a connection: {e}");
+            return;
+        }
     };
-    let back = thread::Builder::new()
-        .name("eskrun-fwd-conn".into())
-        .stack_size(THREAD_STACK)
-        .spawn(move || relay(&inner_back, &client_back));
-    let Ok(back) = back else { return };
     relay(&client, &inner);
     let _ = back.join();
 }

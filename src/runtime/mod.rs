@@ -89,9 +89,11 @@ pub fn run(mut req: Request) -> Result<i32> {
     // Before the user namespace: it decides by the host uid and checks ownership in host ids.
     let lc_root = libcontainer_root()?;
     let stale = stale::find_and_kill(&containers);
+    // Outside the user namespace, where /proc still lets eskrun name a busy port's holder.
+    let ports = Ports::bind(req.options.network, &req.publish, !stale.is_empty())?;
     userns::enter(&identity)?;
     stale::finish(stale, &lc_root);
-    let net = Net::prepare(req.options.network, &req.publish, switched)?;
+    let net = ports.into_net(req.options.network, &req.publish, switched)?;
 
     let path = containers.join(&name);
     let dir = ContainerDir::create_and_lock(&path)?.with_context(|| {
@@ -257,6 +259,9 @@ fn run_in(
 /// not given) cannot publish its ports as asked: a remapped port or a host address other than
 /// all of them. Returns the mapping that made it switch, for the notice.
 fn choose_network(req: &mut Request) -> Result<Option<PortMapping>> {
+    if req.options.network == Network::None && !req.publish.is_empty() {
+        bail!("-p/--publish needs a network to publish from: use --network private (or host)");
+    }
     if req.options.network != Network::Host {
         return Ok(None);
     }
@@ -283,55 +288,87 @@ struct Net {
     outbound: Option<outbound::Outbound>,
 }
 
-impl Net {
-    /// Host listeners are bound here, before the container exists: a busy port fails early.
-    /// Says in one line what the container's network is when that is not what was asked for
+/// The host side of `-p`, settled before anything else: a busy port is an error up front.
+enum Ports {
+    /// The host network: the ports were free a moment ago, the container will bind them.
+    Checked,
+    Forwarded(crate::network::Forwarder),
+}
+
+impl Ports {
+    /// `killed_stale`: containers of killed eskruns were just killed, and their servers (on
+    /// the host network) may hold the ports for the moment they take to exit.
+    fn bind(network: Network, publish: &[PortMapping], killed_stale: bool) -> Result<Ports> {
+        let mut tries = if killed_stale { 100 } else { 1 };
+        loop {
+            tries -= 1;
+            match Ports::try_bind(network, publish) {
+                Err(crate::network::NetworkError::PortInUse { .. }) if tries > 0 => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                result => return Ok(result?),
+            }
+        }
+    }
+
+    fn try_bind(
+        network: Network,
+        publish: &[PortMapping],
+    ) -> Result<Ports, crate::network::NetworkError> {
+        Ok(match network {
+            Network::Host => {
+                crate::network::check_free(publish)?;
+                Ports::Checked
+            }
+            Network::None => Ports::Checked,
+            Network::Private => Ports::Forwarded(crate::network::Forwarder::bind(publish)?),
+        })
+    }
+
+    /// Makes the container's network namespace (in eskrun's user namespace, so after entering
+    /// it) and says in one line what that network is when it is not what was asked for
     /// (`switched`) or has no way out.
-    fn prepare(
+    fn into_net(
+        self,
         network: Network,
         publish: &[PortMapping],
         switched: Option<PortMapping>,
     ) -> Result<Net> {
-        Ok(match network {
-            Network::Host => {
-                crate::network::check_free(publish)?;
-                Net {
+        let forwarder = match (network, self) {
+            (Network::Host, _) => {
+                return Ok(Net {
                     netns: None,
                     forwarder: None,
                     outbound: None,
-                }
+                })
             }
-            Network::None => {
-                if !publish.is_empty() {
-                    bail!("-p/--publish needs a network to publish from: use --network private (or host)");
-                }
-                Net {
-                    netns: Some(crate::network::create_netns()?),
-                    forwarder: None,
-                    outbound: None,
-                }
-            }
-            Network::Private => {
-                let forwarder = crate::network::Forwarder::bind(publish)?;
-                let netns = crate::network::create_netns()?;
-                let outbound = outbound::start(netns.as_fd());
-                let ports = if publish.is_empty() {
-                    ""
-                } else {
-                    ", ports forwarded by eskrun"
-                };
-                match (&switched, &outbound) {
-                    (Some(m), Ok(_)) => eprintln!("eskrun: the host's network cannot publish {m}, so this container gets its own (--network private{ports}, outbound through slirp4netns)"),
-                    (Some(m), Err(why)) => eprintln!("eskrun: the host's network cannot publish {m}, so this container gets its own (--network private{ports}) without outbound connections ({why}); publish -p {p}:{p} to keep the host's network", p = m.container_port),
-                    (None, Err(why)) => eprintln!("eskrun: this container has no outbound network ({why}): use --network host for that"),
-                    (None, Ok(_)) => {}
-                }
-                Net {
-                    forwarder: Some(forwarder),
-                    netns: Some(netns),
-                    outbound: outbound.ok(),
-                }
-            }
+            (_, Ports::Forwarded(f)) => Some(f),
+            (_, Ports::Checked) => None,
+        };
+        let netns = crate::network::create_netns()?;
+        if network == Network::None {
+            return Ok(Net {
+                netns: Some(netns),
+                forwarder,
+                outbound: None,
+            });
+        }
+        let outbound = outbound::start(netns.as_fd());
+        let ports = if publish.is_empty() {
+            ""
+        } else {
+            ", ports forwarded by eskrun"
+        };
+        match (&switched, &outbound) {
+            (Some(m), Ok(_)) => eprintln!("eskrun: the host's network cannot publish {m}, so this container gets its own (--network private{ports}, outbound through slirp4netns)"),
+            (Some(m), Err(why)) => eprintln!("eskrun: the host's network cannot publish {m}, so this container gets its own (--network private{ports}) without outbound connections ({why}); publish -p {p}:{p} to keep the host's network", p = m.container_port),
+            (None, Err(why)) => eprintln!("eskrun: this container has no outbound network ({why}): use --network host for that"),
+            (None, Ok(_)) => {}
+        }
+        Ok(Net {
+            netns: Some(netns),
+            forwarder,
+            outbound: outbound.ok(),
         })
     }
 }
