@@ -24,14 +24,27 @@ push_image "http://$REGISTRY_ADDR" kave/eskapade-demo 0.7 \
   '{"Env":["PATH=/usr/local/bin:/usr/bin:/bin","ESKAPADE=/opt/eskapade"],"Cmd":["sh"],"WorkingDir":"/opt/eskapade","ExposedPorts":{"8888/tcp":{}}}' \
   "$work/base.tar" "$work/app.tar"
 
-export ESKRUN_CACHE=$work/cache ESKRUN_STATE=$work/state
-echo "+ eskrun pull $image"
-"$eskrun" pull "$image"
-echo "+ eskrun images"
-"$eskrun" images
-echo "+ eskrun up --image $image --mount . -- sh -c '...'"
-"$eskrun" up --image "$image" --mount . -- sh -c \
+# eskrun is for people without root: when this script runs as root, the eskrun part runs as
+# the unprivileged user eskrun-demo, on a copy of this source tree that it owns.
+project=$PWD
+as_user=()
+if [ "$(id -u)" -eq 0 ]; then
+  id eskrun-demo >/dev/null 2>&1 || useradd --create-home --shell /bin/sh eskrun-demo
+  chmod 755 "$work"
+  project=$work/project
+  git ls-files -z | tar --null -T - -cf - | (mkdir -p "$project" && tar -C "$project" -xf -)
+  install -m 755 "$eskrun" "$work/eskrun" && eskrun=$work/eskrun
+  install -d -o eskrun-demo -g eskrun-demo "$work/user"
+  chown -R eskrun-demo:eskrun-demo "$project"
+  as_user=(setpriv --reuid=eskrun-demo --regid=eskrun-demo --init-groups env HOME="$work/user")
+fi
+export ESKRUN_CACHE=$work/user/cache ESKRUN_STATE=$work/user/state
+run() { echo "+ eskrun $*" | cut -c1-110; (cd "$project" && "${as_user[@]}" "$eskrun" "$@"); }
+run pull "$image"
+run images
+run up --image "$image" --mount . -- sh -c \
   'echo "in the container as $(id -un), in $PWD:"; ls README.md Cargo.toml; cat /opt/eskapade-env/VERSION; touch .eskrun-demo-was-here'
-ls -l .eskrun-demo-was-here && rm -f .eskrun-demo-was-here
-"$eskrun" down --mount . >/dev/null 2>&1 || true
-echo "demo finished: pulled, ran with the source tree mounted, and the file it wrote is yours"
+echo "on the host, as $(cd "$project" && "${as_user[@]}" id -un):"
+ls -l "$project/.eskrun-demo-was-here" && rm -f "$project/.eskrun-demo-was-here"
+run down
+echo "demo finished: pulled, ran rootless with the source tree mounted, and the file written inside is the user's"

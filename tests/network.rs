@@ -2,8 +2,7 @@
 //! binary's own helper modes) in real network namespaces. Runs as root, as CI does; one test
 //! runs the rootless shape as an unprivileged user inside its own user namespace.
 
-#[path = "common/netns.rs"]
-mod netns;
+mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -11,10 +10,11 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::process::Command;
 use std::time::Duration;
 
+use common::netns::{free_port, Proc};
+use common::users::ensure_ids;
 use eskrun::network::{
     bring_loopback_up, check_free, create_netns, Forwarder, NetworkError, PortMapping, Protocol,
 };
-use netns::{ensure_user, free_port, Proc};
 
 /// Only a guard against hangs: a test fails instead of blocking forever.
 const HANG_GUARD: Duration = Duration::from_secs(60);
@@ -484,7 +484,7 @@ fn loopback_comes_up_in_a_fresh_netns() {
 /// container's network namespace, brings its loopback up and forwards into it.
 #[test]
 fn unprivileged_user_namespace_forwards_into_its_netns() {
-    let (uid, gid) = ensure_user("eskrun-nettest");
+    let (uid, gid) = ensure_ids("eskrun-nettest");
     let as_user = || {
         let mut command = Command::new("setpriv");
         command.args([

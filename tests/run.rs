@@ -569,6 +569,37 @@ fn pulls_a_missing_image_then_runs_it_from_the_cache() {
 }
 
 #[test]
+fn prune_and_rmi_keep_the_layers_of_existing_containers() {
+    let registry = common::registry::TestRegistry::start(common::registry::Mode::Plain);
+    let image = push_busybox(&registry, json!({"Cmd": ["true"]}));
+    let w = World::new(Who::Root);
+    let layers = |w: &World| -> usize {
+        let dir = w.path("state/cache/v1/layers/sha256");
+        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    };
+    let (code, _, err) = output(w.eskrun(&["run", "--name", "kept", image.as_str()]));
+    assert_eq!(code, 0, "{err}");
+    assert!(layers(&w) > 0);
+    let before = layers(&w);
+    // The image goes, but the kept container still stacks its layers.
+    let (code, out, err) = output(w.eskrun(&["rmi", image.as_str()]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("0 layers"), "{out}");
+    assert_eq!(layers(&w), before);
+    let (code, out, err) = output(w.eskrun(&["prune"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("0 layers"), "{out}");
+    assert_eq!(layers(&w), before);
+    // Once the container is removed, nothing holds them.
+    let (code, _, err) = output(w.eskrun(&["down", "kept"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = output(w.eskrun(&["prune"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{before} layers")), "{out}");
+    assert_eq!(layers(&w), 0);
+}
+
+#[test]
 fn keep_id_keeps_the_host_ids_inside() {
     let w = World::new(Who::Subids);
     let a = w.account.clone().unwrap();

@@ -824,44 +824,13 @@ fn hard_links_to_deleted_or_hidden_lower_files_are_errors() {
     assert!(!tree.exists("link"));
 }
 
-/// The unprivileged user the rootless checks run as (created if missing).
-fn test_user() -> (u32, u32) {
-    const NAME: &str = "eskrun-test";
-    let id = |flag: &str| {
-        let output = Command::new("id").args([flag, NAME]).output().unwrap();
-        output.status.success().then(|| {
-            String::from_utf8(output.stdout)
-                .unwrap()
-                .trim()
-                .parse::<u32>()
-                .unwrap()
-        })
-    };
-    if id("-u").is_none() {
-        // A parallel test may create it at the same time: only the final lookup counts.
-        let _ = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                NAME,
-            ])
-            .status();
-    }
-    (
-        id("-u").expect("test user"),
-        id("-g").expect("test user's group"),
-    )
-}
-
 #[test]
 fn as_an_unprivileged_user() {
     if !running_as_root() {
         rootless_checks(tempfile::tempdir().unwrap().path());
         return;
     }
-    let (uid, gid) = test_user();
+    let (uid, gid) = common::users::ensure_ids("eskrun-test");
     let dir = tempfile::tempdir().unwrap();
     nix::unistd::chown(dir.path(), Some(uid.into()), Some(gid.into())).unwrap();
     let output = Command::new("setpriv")

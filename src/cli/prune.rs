@@ -11,7 +11,7 @@ pub struct Args {}
 pub fn run(_args: Args) -> Result<i32> {
     let store = Store::open(&crate::dirs::cache_dir())?;
     let _cache = store.lock(Mode::Exclusive)?;
-    let freed = store.collect(&Default::default())?;
+    let freed = store.collect(&crate::runtime::layers_in_use()?)?;
     report(&freed);
     Ok(0)
 }

@@ -25,7 +25,7 @@ pub fn run(args: Args) -> Result<i32> {
             missing.push(reference);
         }
     }
-    let freed = store.collect(&Default::default())?;
+    let freed = store.collect(&crate::runtime::layers_in_use()?)?;
     super::prune::report(&freed);
     if !missing.is_empty() {
         bail!(

@@ -24,7 +24,7 @@ use oci_spec::image::ImageConfiguration;
 use crate::network::{outbound, PortMapping};
 use crate::spec::{self, Network, RunOptions};
 pub use image::{cached, CachedImage, Lookup};
-pub use record::libcontainer_root;
+pub use record::{layers_in_use, libcontainer_root};
 use record::{start_time, ContainerDir, Record};
 pub use userns::UsernsMode;
 
@@ -106,6 +106,7 @@ pub fn run(mut req: Request) -> Result<i32> {
         id: id.clone(),
         remove: req.remove,
         init: None,
+        layers: req.layers.clone(),
     };
     dir.write(&record)?;
 

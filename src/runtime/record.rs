@@ -19,6 +19,10 @@ pub struct Record {
     /// The running init: pid and start time (/proc/PID/stat field 22), so a recycled pid is
     /// never taken for it.
     pub init: Option<(i32, u64)>,
+    /// The layer trees the container's root stacks, lowest first: `prune` and `rmi` keep
+    /// them while the container exists.
+    #[serde(default)]
+    pub layers: Vec<PathBuf>,
 }
 
 /// A container directory, locked by this process.
@@ -113,4 +117,31 @@ pub fn start_time(pid: i32) -> Option<u64> {
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Digests of the cached layers that existing containers stack (running or kept), read from
+/// every `container.json`, so that `prune` and `rmi` leave them alone.
+pub fn layers_in_use() -> Result<std::collections::HashSet<String>> {
+    let mut digests = std::collections::HashSet::new();
+    let dir = super::containers_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(digests),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let file = entry?.path().join("container.json");
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue; // being created or removed right now
+        };
+        let record: Record = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {}", file.display()))?;
+        // A cached layer tree is `.../layers/sha256/<hex>/tree`.
+        for tree in record.layers {
+            if let Some(hex) = tree.parent().and_then(Path::file_name) {
+                digests.insert(format!("sha256:{}", hex.to_string_lossy()));
+            }
+        }
+    }
+    Ok(digests)
 }

@@ -22,12 +22,16 @@ pub struct Freed {
 
 impl Store {
     /// Removes manifests, configs and layers that no ref reaches, plus the leftovers of
-    /// processes that died mid-pull. `in_use` names extra manifest digests to keep (those of
-    /// containers that still exist, whose writable layer sits on top of these layers).
-    pub fn collect(&self, in_use: &HashSet<String>) -> Result<Freed> {
-        let mut manifests: HashSet<String> = in_use.clone();
-        manifests.extend(self.refs()?.into_iter().map(|r| r.manifest_digest));
-        let mut keep_layers = HashSet::new();
+    /// processes that died mid-pull. `layers_in_use` names layer digests to keep although no
+    /// ref reaches them: those under containers that still exist (their writable layer sits
+    /// on top of them, and `eskrun up` mounts them again).
+    pub fn collect(&self, layers_in_use: &HashSet<String>) -> Result<Freed> {
+        let manifests: HashSet<String> = self
+            .refs()?
+            .into_iter()
+            .map(|r| r.manifest_digest)
+            .collect();
+        let mut keep_layers = layers_in_use.clone();
         let mut keep_configs = HashSet::new();
         for digest in &manifests {
             // A ref whose manifest is gone keeps nothing; `lookup` reports it.

@@ -261,39 +261,14 @@ pub fn running_as_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Creates [`TEST_USER`] if it does not exist; returns its uid and gid.
-pub fn test_user() -> (u32, u32) {
-    let id = |flag: &str| {
-        let output = Command::new("id").args([flag, TEST_USER]).output().unwrap();
-        output.status.success().then(|| {
-            String::from_utf8(output.stdout)
-                .unwrap()
-                .trim()
-                .parse::<u32>()
-                .unwrap()
-        })
-    };
-    if id("-u").is_none() {
-        // Another test binary may create it at the same moment: only the lookup counts.
-        let _ = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                TEST_USER,
-            ])
-            .status();
-    }
-    (
-        id("-u").expect("the test user exists"),
-        id("-g").expect("the test user's group"),
-    )
-}
-
 /// Whether any user may execute `bin`: every directory above it searchable by others and the
 /// file readable and executable by them.
 fn reachable_by_others(bin: &Path) -> bool {
     let mode = |p: &Path| std::fs::metadata(p).map(|m| m.mode()).unwrap_or(0);
     mode(bin) & 0o005 == 0o005 && bin.ancestors().skip(1).all(|dir| mode(dir) & 0o001 != 0)
+}
+
+/// Creates [`TEST_USER`] if it does not exist; returns its uid and gid.
+pub fn test_user() -> (u32, u32) {
+    super::users::ensure_ids(TEST_USER)
 }

@@ -4,4 +4,6 @@
 
 pub mod eskrun;
 pub mod layers;
+pub mod netns;
 pub mod registry;
+pub mod users;

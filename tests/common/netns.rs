@@ -127,32 +127,3 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
-
-/// uid and gid of the system user `name`, created if missing.
-pub fn ensure_user(name: &str) -> (u32, u32) {
-    let id = |flag: &str| {
-        let out = Command::new("id").args([flag, name]).output().unwrap();
-        out.status.success().then(|| {
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse::<u32>()
-                .unwrap()
-        })
-    };
-    if id("-u").is_none() {
-        // A concurrent run may create it between the check and here: only the result counts.
-        let _ = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                name,
-            ])
-            .status();
-    }
-    (
-        id("-u").expect("the test user exists"),
-        id("-g").expect("the test user exists"),
-    )
-}

@@ -40,20 +40,9 @@ impl Who {
 }
 
 fn ensure_user(name: &str, subids: bool) -> Account {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests create users and must run as root"
-    );
-    // useradd/usermod of parallel tests must not interleave on /etc/passwd and /etc/subuid.
-    let lock = std::fs::File::create("/tmp/eskrun-test-users.lock").unwrap();
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
-    if nix::unistd::User::from_name(name).unwrap().is_none() {
-        let status = Command::new("useradd")
-            .args(["-m", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", name])
-            .status()
-            .unwrap();
-        assert!(status.success(), "useradd {name}");
-    }
+    let u = super::common::users::ensure_user(name, true);
+    // Parallel tests must not interleave their edits of /etc/subuid and /etc/subgid.
+    let _lock = super::common::users::lock();
     for file in ["/etc/subuid", "/etc/subgid"] {
         let text = std::fs::read_to_string(file).unwrap_or_default();
         let has = text.lines().any(|l| l.split(':').next() == Some(name));
@@ -83,7 +72,6 @@ fn ensure_user(name: &str, subids: bool) -> Account {
             std::fs::write(file, t).unwrap();
         }
     }
-    let u = nix::unistd::User::from_name(name).unwrap().unwrap();
     Account {
         name: name.into(),
         uid: u.uid.as_raw(),
