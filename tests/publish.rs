@@ -566,10 +566,19 @@ fn container_exit_closes_open_connections() {
                 "img",
                 "sh",
                 "-c",
-                "echod tcp 7000 & read line; exit 3",
+                "read start; echod tcp 7000 & read stop; exit 3",
             ],
         );
         let mut run = Running::spawn_with_stdin(who, cmd, Stdio::piped());
+        // Before the server listens: a closed connection, not a hang.
+        let mut early = wait_for(&mut run, || TcpStream::connect(local(port)).ok());
+        early.set_read_timeout(Some(HANG)).unwrap();
+        match early.read(&mut [0u8; 1]) {
+            Ok(n) => assert_eq!(n, 0, "{who:?}"),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{who:?}: {e}"),
+        }
+        let mut stdin = run.child.stdin.take().unwrap();
+        stdin.write_all(b"start\n").unwrap();
         wait_for(&mut run, || echo_once(local(port)));
         let mut open: Vec<TcpStream> = (0..3)
             .map(|_| {
@@ -581,7 +590,7 @@ fn container_exit_closes_open_connections() {
                 s
             })
             .collect();
-        run.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        stdin.write_all(b"stop\n").unwrap();
         let (code, err) = run.finish();
         assert_eq!(code, Some(3), "{who:?}: {err}");
         for s in &mut open {
