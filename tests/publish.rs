@@ -46,9 +46,13 @@ fn serving(server: &str) -> String {
 
 /// busybox httpd serving [`PAGE`] on `port`.
 fn httpd(port: u16) -> String {
+    httpd_page(port, PAGE.trim_end())
+}
+
+/// busybox httpd serving the line `page` on `port`.
+fn httpd_page(port: u16, page: &str) -> String {
     serving(&format!(
-        "mkdir -p /tmp/www && echo '{}' > /tmp/www/index.html && httpd -f -p {port} -h /tmp/www",
-        PAGE.trim_end()
+        "mkdir -p /tmp/www && echo '{page}' > /tmp/www/index.html && httpd -f -p {port} -h /tmp/www"
     ))
 }
 
@@ -99,7 +103,9 @@ impl Running {
         if let Some(mut stderr) = self.child.stderr.take() {
             stderr.read_to_string(&mut err).unwrap();
         }
-        (self.child.wait().unwrap().code(), err)
+        let st = self.child.wait().unwrap();
+        eprintln!("STATUS {st:?}");
+        (st.code(), err)
     }
 }
 
@@ -682,6 +688,34 @@ fn killed_eskrun_leaves_no_listener_or_helper() {
         assert!(out.status.success(), "{who:?}: {out:?}");
         assert!(ended(init[0]), "{who:?}: the container still runs");
         assert!(port_is_free(port));
+    }
+}
+
+#[test]
+fn a_killed_eskruns_server_does_not_keep_its_port() {
+    for who in WHO {
+        let w = World::new(who);
+        let img = busybox_image(&w);
+        let port = free_port();
+        let publish = format!("{port}:{port}");
+        let mut run = Running::spawn(
+            who,
+            w.run(&img, &["-p", &publish, "img", "sh", "-c", &httpd(port)]),
+        );
+        wait_for(&mut run, || get(local(port)));
+        // The container, on the host network, outlives eskrun and holds the port...
+        run.child.kill().unwrap();
+        run.child.wait().unwrap();
+        assert!(!port_is_free(port), "{who:?}");
+        // ...until the next eskrun cleans it up, before checking the port.
+        let second = httpd_page(port, "second");
+        let mut run = Running::spawn(
+            who,
+            w.run(&img, &["--rm", "-p", &publish, "img", "sh", "-c", &second]),
+        );
+        wait_for(&mut run, || get(local(port)).filter(|p| p == "second\n"));
+        let (code, err) = run.stop();
+        assert_eq!((code, err.as_str()), (Some(0), ""), "{who:?}");
     }
 }
 

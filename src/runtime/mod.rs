@@ -291,7 +291,8 @@ struct Net {
 
 /// The host side of `-p`, settled before anything else: a busy port is an error up front.
 enum Ports {
-    /// The host network: the ports were free a moment ago, the container will bind them.
+    /// Nothing to forward: with the host network the ports were free a moment ago and the
+    /// container binds them itself; with `none` there are none.
     Checked,
     Forwarded(crate::network::Forwarder),
 }
