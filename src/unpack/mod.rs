@@ -91,17 +91,17 @@ pub fn unpack_layer(
         error,
     };
     let mut input = input;
-    let ((full, empty), mut tar_stream) = stage::channel();
+    let (producer, mut tar_stream) = stage::channel();
     std::thread::scope(|scope| {
         // Decompression and both hashes on one thread, the file system work on this one.
-        let producer = scope.spawn(|| -> io::Result<Option<String>> {
+        let decompressing = scope.spawn(|| -> io::Result<Option<String>> {
             let decoder: Box<dyn Read> = match compression {
                 Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut input)),
                 Compression::Zstd => Box::new(zstd::Decoder::new(&mut input)?),
                 Compression::None => Box::new(&mut input),
             };
             let mut decoded = HashingReader::new(decoder);
-            if !stage::produce(&mut decoded, full, empty) {
+            if !producer.fill_from(&mut decoded) {
                 return Ok(None); // the tar side failed; its error says why
             }
             let diff_id = decoded.finish().0;
@@ -117,7 +117,7 @@ pub fn unpack_layer(
             });
         // Stops the producer if the tar side gave up early.
         drop(tar_stream);
-        let produced = producer
+        let produced = decompressing
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let mut unpacked = applied?;

@@ -13,34 +13,10 @@ const CHUNK: usize = 256 * 1024;
 /// Buffers filled ahead of the tar reader.
 const DEPTH: usize = 4;
 
-/// The decompressor's side: fills buffers from `source` until its end or first error, both
-/// passed on. False when the reader went away first.
-pub(super) fn produce(
-    source: &mut impl Read,
+/// The decompressor's side.
+pub(super) struct Producer {
     full: SyncSender<io::Result<Vec<u8>>>,
     empty: Receiver<Vec<u8>>,
-) -> bool {
-    loop {
-        let mut buf = empty.try_recv().unwrap_or_default();
-        buf.resize(CHUNK, 0);
-        let read = loop {
-            match source.read(&mut buf) {
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                read => break read,
-            }
-        };
-        let end = matches!(read, Ok(0) | Err(_));
-        let sent = full.send(read.map(|n| {
-            buf.truncate(n);
-            buf
-        }));
-        if sent.is_err() {
-            return false;
-        }
-        if end {
-            return true;
-        }
-    }
 }
 
 /// The tar reader's side: reads the buffers in order and sends each back once consumed.
@@ -51,21 +27,50 @@ pub(super) struct ChunkReader {
     pos: usize,
 }
 
-/// A connected pair: what [`produce`] takes, and the reader of what it produces.
-pub(super) fn channel() -> (
-    (SyncSender<io::Result<Vec<u8>>>, Receiver<Vec<u8>>),
-    ChunkReader,
-) {
+/// A connected pair.
+pub(super) fn channel() -> (Producer, ChunkReader) {
     let (full_tx, full_rx) = sync_channel(DEPTH);
     // Room for every buffer in circulation: returning one never blocks.
     let (empty_tx, empty_rx) = sync_channel(DEPTH + 2);
+    let producer = Producer {
+        full: full_tx,
+        empty: empty_rx,
+    };
     let reader = ChunkReader {
         full: full_rx,
         empty: empty_tx,
         current: Vec::new(),
         pos: 0,
     };
-    ((full_tx, empty_rx), reader)
+    (producer, reader)
+}
+
+impl Producer {
+    /// Fills buffers from `source` until its end or first error, both passed on to the reader.
+    /// False when the reader went away first.
+    pub(super) fn fill_from(self, source: &mut impl Read) -> bool {
+        loop {
+            let mut buf = self.empty.try_recv().unwrap_or_default();
+            buf.resize(CHUNK, 0);
+            let read = loop {
+                match source.read(&mut buf) {
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                    read => break read,
+                }
+            };
+            let end = matches!(read, Ok(0) | Err(_));
+            let sent = self.full.send(read.map(|n| {
+                buf.truncate(n);
+                buf
+            }));
+            if sent.is_err() {
+                return false;
+            }
+            if end {
+                return true;
+            }
+        }
+    }
 }
 
 impl Read for ChunkReader {
