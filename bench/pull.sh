@@ -32,7 +32,7 @@ done
 case $runs in '' | *[!0-9]* | 0) echo "--runs wants a positive number, not '$runs'" >&2; exit 2 ;; esac
 [ "$(id -u)" -eq 0 ] || { echo "run bench/pull.sh as root (podman and umoci are compared as root)" >&2; exit 1; }
 
-install_packages docker-registry curl time gzip tar e2fsprogs mount
+install_packages docker-registry curl time gzip tar e2fsprogs mount util-linux
 echo "building eskrun (release)..."
 cargo build --release --locked -q
 eskrun=$PWD/target/release/eskrun
@@ -131,14 +131,18 @@ time_one() {
 # before: ext4 without a journal (this machine's root) checks each inode it is about to reuse
 # for a deletion in the last minute (six while its inode table block is dirty), and after
 # removing a 1 GiB tree creating files costs several times the system time for minutes.
+# Without loop devices (some containers), the rounds share a directory on /var/tmp's filesystem.
 fresh_output_fs() {
   unmount_under "$work"
-  rm -f "$work/out.img"
+  rm -rf "$out" "$work/out.img"
+  mkdir -p "$out"
   truncate -s 12G "$work/out.img"
   # Inode tables and journal written now, not by a kernel thread during the timed runs.
   mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$work/out.img"
-  mkdir -p "$out"
-  mount -o loop "$work/out.img" "$out"
+  if ! mount -o loop "$work/out.img" "$out" 2>"$work/mount.err"; then
+    rm "$work/out.img"
+    echo "  no loop mount ($(cat "$work/mount.err")): this round writes to $(findmnt -n -o FSTYPE --target "$out") under $out" >&2
+  fi
 }
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
