@@ -17,19 +17,31 @@ push_blob() {
   echo "$digest"
 }
 
-# push_image REGISTRY_URL REPO TAG CONFIG_JSON LAYER.tar... : gzips each layer, pushes the
-# layers and an image config whose "config" member is CONFIG_JSON, then an OCI manifest.
+# push_image REGISTRY_URL REPO TAG CONFIG_JSON LAYER.tar... : gzips each layer, then pushes
+# the image as push_gz_image does.
 push_image() {
-  local reg=$1 repo=$2 tag=$3 runconfig=$4
+  local reg=$1 repo=$2 tag=$3 runconfig=$4 work layer gzipped=()
   shift 4
-  local work diff_ids="" layers="" layer gz digest size config_digest config_size
   work=$(mktemp -d)
   for layer in "$@"; do
-    gz="$work/$(basename "$layer").gz"
-    gzip -c -1 "$layer" >"$gz"
+    gzip -c -1 "$layer" >"$work/$(basename "$layer").gz"
+    gzipped+=("$work/$(basename "$layer").gz")
+  done
+  push_gz_image "$reg" "$repo" "$tag" "$runconfig" "${gzipped[@]}"
+  rm -rf "$work"
+}
+
+# push_gz_image REGISTRY_URL REPO TAG CONFIG_JSON LAYER.tar.gz... : pushes the gzipped layers
+# and an image config whose "config" member is CONFIG_JSON, then an OCI manifest.
+push_gz_image() {
+  local reg=$1 repo=$2 tag=$3 runconfig=$4
+  shift 4
+  local work diff_ids="" layers="" gz digest size config_digest config_size
+  work=$(mktemp -d)
+  for gz in "$@"; do
     digest=$(push_blob "$reg" "$repo" "$gz")
     size=$(stat -c %s "$gz")
-    diff_ids+="${diff_ids:+,}\"sha256:$(sha256sum "$layer" | cut -d' ' -f1)\""
+    diff_ids+="${diff_ids:+,}\"sha256:$(gzip -dc "$gz" | sha256sum | cut -d' ' -f1)\""
     layers+="${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"$digest\",\"size\":$size}"
   done
   printf '{"architecture":"amd64","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":[%s]}}' \

@@ -18,8 +18,9 @@ mod links;
 mod media;
 mod path;
 mod remove;
+mod stage;
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::digest::HashingReader;
@@ -79,7 +80,7 @@ pub struct Unpacked {
 /// marker, because the caller hashes the compressed stream as it passes, and applies every
 /// entry under `dest` (an existing empty directory). On error the caller removes `dest`.
 pub fn unpack_layer(
-    input: impl Read,
+    input: impl Read + Send,
     compression: Compression,
     dest: &Path,
     layer_name: &str,
@@ -90,18 +91,41 @@ pub fn unpack_layer(
         error,
     };
     let mut input = input;
-    let decoder: Box<dyn Read + '_> = match compression {
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut input)),
-        Compression::Zstd => Box::new(zstd::Decoder::new(&mut input).map_err(stream_error)?),
-        Compression::None => Box::new(&mut input),
-    };
-    // tar reads 512-byte headers: a buffer keeps those reads away from the decoder, while file
-    // contents larger than the buffer go straight through.
-    let mut tar_stream = BufReader::with_capacity(256 * 1024, HashingReader::new(decoder));
-    let mut unpacked = apply::Unpacker::new(dest, layer_name, opts)?.run(&mut tar_stream)?;
-    // The tar end marker is usually followed by padding that is part of the diff_id.
-    io::copy(&mut tar_stream, &mut io::sink()).map_err(stream_error)?;
-    unpacked.diff_id = tar_stream.into_inner().finish().0;
-    io::copy(&mut input, &mut io::sink()).map_err(stream_error)?;
-    Ok(unpacked)
+    let (producer, mut tar_stream) = stage::channel();
+    std::thread::scope(|scope| {
+        // Decompression and both hashes on one thread, the file system work on this one.
+        let decompressing = scope.spawn(|| -> io::Result<Option<String>> {
+            let decoder: Box<dyn Read> = match compression {
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut input)),
+                Compression::Zstd => Box::new(zstd::Decoder::new(&mut input)?),
+                Compression::None => Box::new(&mut input),
+            };
+            let mut decoded = HashingReader::new(decoder);
+            if !producer.fill_from(&mut decoded) {
+                return Ok(None); // the tar side failed; its error says why
+            }
+            let diff_id = decoded.finish().0;
+            io::copy(&mut input, &mut io::sink())?;
+            Ok(Some(diff_id))
+        });
+        let applied = apply::Unpacker::new(dest, layer_name, opts)
+            .and_then(|unpacker| unpacker.run(&mut tar_stream))
+            .and_then(|unpacked| {
+                // The tar end marker is usually followed by padding that is part of the diff_id.
+                io::copy(&mut tar_stream, &mut io::sink()).map_err(stream_error)?;
+                Ok(unpacked)
+            });
+        // Stops the producer if the tar side gave up early.
+        drop(tar_stream);
+        let produced = decompressing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let mut unpacked = applied?;
+        match produced.map_err(stream_error)? {
+            Some(diff_id) => unpacked.diff_id = diff_id,
+            // The producer stops early only when the tar side gave up, with an error.
+            None => unreachable!("the tar side read to the end"),
+        }
+        Ok(unpacked)
+    })
 }
