@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::eskrun::{names, running_as_root, snapshot, Eskrun, Run, Stamp};
-use common::layers::{Layer as Tar, Meta, MTIME};
+use common::layers::{noise, Layer as Tar, Meta, MTIME};
 use common::registry::*;
 use tar::EntryType;
 
@@ -344,19 +344,6 @@ fn references(eskrun: &Eskrun) -> Vec<String> {
 fn small_image(format: Format, tag: &str) -> ImageSpec {
     let tar = Tar::new().file("which", 0o644, tag.as_bytes()).tar();
     ImageSpec::with_layers(format, vec![Layer::gzip(&tar)])
-}
-
-/// Layer-like content that does not compress.
-fn noise(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 /// A layer of a few big incompressible files, `files` x 1 MiB.

@@ -41,15 +41,7 @@ fn amd64() -> Platform {
 
 /// Layer-like content: distinct, not compressible, deterministic.
 fn layer(seed: u8, len: usize) -> Vec<u8> {
-    let mut x = u32::from(seed).wrapping_mul(2654435761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+    common::layers::noise(u32::from(seed), len)
 }
 
 async fn read_blob(

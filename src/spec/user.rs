@@ -49,20 +49,7 @@ pub fn resolve(spec: &str, layers: &[PathBuf]) -> Result<User> {
         }
     };
     if let Some(g) = group_part {
-        gid = match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => group
-                .lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .find(|f| f.len() >= 3 && f[0] == g)
-                .map(|f| parse_id(f[2], "gid", "/etc/group"))
-                .transpose()?
-                .with_context(|| {
-                    format!(
-                        "unable to find group {g}: no matching entries in the image's /etc/group"
-                    )
-                })?,
-        };
+        gid = group_id(g, &group)?;
     }
     let mut additional_gids = Vec::new();
     if let Some(name) = name {
@@ -89,23 +76,23 @@ pub fn resolve_groups(groups: &[String], layers: &[PathBuf]) -> Result<Vec<u32>>
         return Ok(Vec::new());
     }
     let table = read_image_file(layers, "etc/group")?.unwrap_or_default();
-    groups
-        .iter()
-        .map(|g| match g.parse::<u32>() {
-            Ok(gid) => Ok(gid),
-            Err(_) => table
-                .lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .find(|f| f.len() >= 3 && f[0] == g)
-                .map(|f| parse_id(f[2], "gid", "/etc/group"))
-                .transpose()?
-                .with_context(|| {
-                    format!(
-                        "unable to find group {g}: no matching entries in the image's /etc/group"
-                    )
-                }),
+    groups.iter().map(|g| group_id(g, &table)).collect()
+}
+
+/// A group given as a number, or by name from the image's /etc/group (`table`).
+fn group_id(group: &str, table: &str) -> Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    table
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 3 && f[0] == group)
+        .map(|f| parse_id(f[2], "gid", "/etc/group"))
+        .transpose()?
+        .with_context(|| {
+            format!("unable to find group {group}: no matching entries in the image's /etc/group")
         })
-        .collect()
 }
 
 fn parse_id(s: &str, what: &str, file: &str) -> Result<u32> {
