@@ -691,6 +691,37 @@ async fn rate_limit_says_when_to_retry_and_suggests_login() {
     assert_eq!(count(&proxy, "HEAD /v2/busy/app/manifests/1"), 1);
 }
 
+/// With token auth, eskrun's HEAD needs a token too, or the registry would answer it 401
+/// without saying when to retry.
+#[tokio::test]
+async fn rate_limit_is_asked_about_with_the_pull_token() {
+    let reg = TestRegistry::start(Mode::Token);
+    reg.push_image(
+        "private/app",
+        "1",
+        &ImageSpec::new(Format::Docker, vec![layer(14, 10)]),
+    )
+    .await;
+    let proxy = FaultProxy::start(reg.addr());
+    let dir = tempfile::tempdir().unwrap();
+    write_docker_config(
+        dir.path(),
+        serde_json::json!({"auths": {proxy.host.clone(): {"auth": basic_auth_entry()}}}),
+    );
+    proxy.inject("/manifests/1", too_many_requests(&[("Retry-After", "120")]));
+    proxy.inject("/manifests/1", too_many_requests(&[("Retry-After", "120")]));
+    let msg = client(dir.path())
+        .resolve(&image(&proxy.host, "private/app:1"), &amd64())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("HTTP 429): retry after 120 s (at "), "{msg}");
+    assert_eq!(
+        proxy.authorization("HEAD /v2/private/app/manifests/1"),
+        ["Bearer"]
+    );
+}
+
 #[tokio::test]
 async fn rate_limit_without_a_hint_says_so() {
     let reg = TestRegistry::start(Mode::Plain);
