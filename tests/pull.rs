@@ -976,17 +976,22 @@ async fn errors_are_one_line_and_leave_the_cache_untouched() {
 
     // A tag not in the cache, so the answer to the manifest request is final (a failed HEAD
     // of a cached image's manifest falls back to a GET).
-    proxy.inject(
-        "/manifests/2",
-        Fault::Respond {
-            status: 429,
-            headers: vec![("Retry-After".into(), "120".into())],
-            body: b"slow down".to_vec(),
-        },
-    );
+    // Twice: the second answers the HEAD with which eskrun asks when to retry.
+    for _ in 0..2 {
+        proxy.inject(
+            "/manifests/2",
+            Fault::Respond {
+                status: 429,
+                headers: vec![("Retry-After".into(), "120".into())],
+                body: b"slow down".to_vec(),
+            },
+        );
+    }
     let msg = failed_pull(&eskrun, &[&format!("{host}/ok/app:2")]);
     assert!(
-        msg.starts_with(&format!("eskrun: rate limited by {host} (HTTP 429)")),
+        msg.starts_with(&format!(
+            "eskrun: rate limited by {host} (HTTP 429): retry after 120 s (at "
+        )),
         "{msg}"
     );
     assert!(msg.contains("eskrun login"), "{msg}");

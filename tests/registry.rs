@@ -624,6 +624,28 @@ async fn server_errors_are_retried_then_reported() {
     );
 }
 
+fn too_many_requests(headers: &[(&str, &str)]) -> Fault {
+    let mut headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    headers.push(("Content-Type".into(), "application/json".into()));
+    Fault::Respond {
+        status: 429,
+        headers,
+        body: br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"pull rate limit reached"}]}"#
+            .to_vec(),
+    }
+}
+
+fn count(proxy: &FaultProxy, prefix: &str) -> usize {
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with(prefix))
+        .count()
+}
+
 #[tokio::test]
 async fn rate_limit_says_when_to_retry_and_suggests_login() {
     let reg = TestRegistry::start(Mode::Plain);
@@ -634,31 +656,122 @@ async fn rate_limit_says_when_to_retry_and_suggests_login() {
     )
     .await;
     let proxy = FaultProxy::start(reg.addr());
-    proxy.inject(
-        "/manifests/1",
-        Fault::Respond {
-            status: 429,
-            headers: vec![
-                ("Retry-After".into(), "120".into()),
-                ("Content-Type".into(), "application/json".into()),
-            ],
-            body: br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"pull rate limit reached"}]}"#
-                .to_vec(),
-        },
+    let host = &proxy.host;
+    // The first for the manifest request, the second for eskrun's HEAD asking when.
+    proxy.inject("/manifests/1", too_many_requests(&[("Retry-After", "120")]));
+    proxy.inject("/manifests/1", too_many_requests(&[("Retry-After", "120")]));
+    let msg = client(reg.dir())
+        .resolve(&image(host, "busy/app:1"), &amd64())
+        .await
+        .unwrap_err()
+        .to_string();
+    let (head, tail) = msg
+        .split_once(" (at ")
+        .unwrap_or_else(|| panic!("no retry time in: {msg}"));
+    assert_eq!(
+        head,
+        format!("rate limited by {host} (HTTP 429): retry after 120 s")
     );
+    let (clock, tail) = tail.split_once(" UTC); ").unwrap();
+    assert!(
+        clock.len() == 8 && clock.split(':').all(|n| n.parse::<u8>().is_ok()),
+        "{msg}"
+    );
+    assert_eq!(tail, format!("`eskrun login {host}` may raise the limit"));
+    // A long wait is not waited for, nor the manifest asked for again.
+    assert_eq!(count(&proxy, "GET /v2/busy/app/manifests/1"), 1);
+    assert_eq!(count(&proxy, "HEAD /v2/busy/app/manifests/1"), 1);
+}
+
+/// With token auth, eskrun's HEAD needs a token too, or the registry would answer it 401
+/// without saying when to retry.
+#[tokio::test]
+async fn rate_limit_is_asked_about_with_the_pull_token() {
+    let reg = TestRegistry::start(Mode::Token);
+    reg.push_image(
+        "private/app",
+        "1",
+        &ImageSpec::new(Format::Docker, vec![layer(14, 10)]),
+    )
+    .await;
+    let proxy = FaultProxy::start(reg.addr());
+    let dir = tempfile::tempdir().unwrap();
+    write_docker_config(
+        dir.path(),
+        serde_json::json!({"auths": {proxy.host.clone(): {"auth": basic_auth_entry()}}}),
+    );
+    proxy.inject("/manifests/1", too_many_requests(&[("Retry-After", "120")]));
+    proxy.inject("/manifests/1", too_many_requests(&[("Retry-After", "120")]));
+    let msg = client(dir.path())
+        .resolve(&image(&proxy.host, "private/app:1"), &amd64())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("HTTP 429): retry after 120 s (at "), "{msg}");
+    assert_eq!(
+        proxy.authorization("HEAD /v2/private/app/manifests/1"),
+        ["Bearer"]
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_without_a_hint_says_so() {
+    let reg = TestRegistry::start(Mode::Plain);
+    reg.push_image(
+        "busy/app",
+        "1",
+        &ImageSpec::new(Format::Docker, vec![layer(14, 10)]),
+    )
+    .await;
+    let proxy = FaultProxy::start(reg.addr());
+    let host = &proxy.host;
+    // eskrun's HEAD reaches the registry, which has no limit to tell about.
+    proxy.inject("/manifests/1", too_many_requests(&[]));
+    let msg = client(reg.dir())
+        .resolve(&image(host, "busy/app:1"), &amd64())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        msg,
+        format!(
+            "rate limited by {host} (HTTP 429): the registry did not say when; wait a few minutes; `eskrun login {host}` may raise the limit"
+        )
+    );
+    assert_eq!(count(&proxy, "GET /v2/busy/app/manifests/1"), 1);
+}
+
+#[tokio::test]
+async fn short_retry_after_is_waited_for_then_retried() {
+    let reg = TestRegistry::start(Mode::Plain);
+    let pushed = reg
+        .push_image(
+            "busy/app",
+            "1",
+            &ImageSpec::new(Format::Docker, vec![layer(14, 10)]),
+        )
+        .await;
+    let proxy = FaultProxy::start(reg.addr());
+    proxy.inject("/manifests/1", too_many_requests(&[("Retry-After", "1")]));
+    proxy.inject("/manifests/1", too_many_requests(&[("Retry-After", "1")]));
+    let resolved = client(reg.dir())
+        .resolve(&image(&proxy.host, "busy/app:1"), &amd64())
+        .await
+        .unwrap();
+    assert_eq!(resolved.manifest_digest, pushed.manifest_digest);
+    assert_eq!(count(&proxy, "GET /v2/busy/app/manifests/1"), 2);
+
+    // Limited again after the wait: reported, not waited for a second time.
+    for _ in 0..4 {
+        proxy.inject("/manifests/1", too_many_requests(&[("Retry-After", "1")]));
+    }
     let msg = client(reg.dir())
         .resolve(&image(&proxy.host, "busy/app:1"), &amd64())
         .await
         .unwrap_err()
         .to_string();
-    assert!(
-        msg.starts_with(&format!("rate limited by {} (HTTP 429)", proxy.host)),
-        "{msg}"
-    );
-    assert!(
-        msg.contains(&format!("`eskrun login {}`", proxy.host)),
-        "{msg}"
-    );
+    assert!(msg.contains("HTTP 429): retry after 1 s (at "), "{msg}");
+    assert_eq!(count(&proxy, "GET /v2/busy/app/manifests/1"), 4);
 }
 
 #[tokio::test]

@@ -129,8 +129,14 @@ impl Transfer {
             // A failed resume counts like a broken transfer: bounded, with backoff.
             Some((endpoint, wire, ctx)) => loop {
                 let (desc, offset) = (&self.desc, self.offset);
-                match super::retry(|| request(&endpoint, &wire, desc, offset, &ctx)).await {
+                match super::retry(&endpoint, &wire, || {
+                    request(&endpoint, &wire, desc, offset, &ctx)
+                })
+                .await
+                {
                     Ok(response) => break response,
+                    // `retry` waited already if the registry asked for a short wait.
+                    Err(err @ RegistryError::RateLimited { .. }) => return Err(err),
                     Err(err) => {
                         self.failures += 1;
                         if self.failures > MAX_RESUMES {

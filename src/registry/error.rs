@@ -2,7 +2,9 @@
 
 use std::error::Error as StdError;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 
 /// A registry operation failed. The `Display` form is the one line shown to the user.
@@ -27,6 +29,9 @@ pub enum RegistryError {
         host: String,
         registry: String,
         when: String,
+        /// The request that was refused, asked again to learn when to retry (see
+        /// `Endpoint::retry_after`).
+        url: String,
     },
 
     #[error("registry {host} failed with HTTP {status} (tried {tries} times): {message}")]
@@ -161,7 +166,7 @@ impl Context {
             OciDistributionError::RequestError(err) => self.transport_error(&err),
             OciDistributionError::UnauthorizedError { .. }
             | OciDistributionError::AuthenticationFailure(_) => self.denied(),
-            OciDistributionError::RegistryError { envelope, .. } => {
+            OciDistributionError::RegistryError { envelope, url } => {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
                 let message = envelope
                     .errors
@@ -190,7 +195,7 @@ impl Context {
                 {
                     self.denied()
                 } else if codes.contains(&&OciErrorCode::Toomanyrequests) {
-                    self.rate_limited(&message)
+                    self.rate_limited(url)
                 } else {
                     RegistryError::Other {
                         image,
@@ -199,8 +204,8 @@ impl Context {
                     }
                 }
             }
-            OciDistributionError::ServerError { code, message, .. } => {
-                self.status_error(code, &message)
+            OciDistributionError::ServerError { code, message, url } => {
+                self.status_error(code, &message, url)
             }
             OciDistributionError::DigestError(err) => match err {
                 oci_client::errors::DigestError::VerificationError { expected, actual } => {
@@ -227,14 +232,14 @@ impl Context {
     }
 
     /// An HTTP status that is not a success, with the body's text.
-    fn status_error(&self, code: u16, body: &str) -> RegistryError {
+    fn status_error(&self, code: u16, body: &str, url: String) -> RegistryError {
         match code {
             401 | 403 => self.denied(),
             404 => RegistryError::NotFound {
                 image: self.image.clone(),
                 host: self.host.clone(),
             },
-            429 => self.rate_limited(body),
+            429 => self.rate_limited(url),
             _ => RegistryError::Server {
                 host: self.host.clone(),
                 status: code,
@@ -252,23 +257,14 @@ impl Context {
         }
     }
 
-    /// `said` is the registry's own message (Docker Hub's tells the limit). The Retry-After
-    /// header would say when to retry, but oci-client 0.18 drops the headers of failed
-    /// responses.
-    fn rate_limited(&self, said: &str) -> RegistryError {
-        let said = one_line(said);
-        let when = if said.is_empty() || said.starts_with('{') {
-            "wait a while and retry".to_string()
-        } else {
-            format!(
-                "the registry says \"{}\"; wait a while and retry",
-                short_body(&said)
-            )
-        };
+    /// When to retry is not known yet: oci-client 0.18 drops the headers of failed responses,
+    /// so `retry` asks again and fills it in with [`retry_when`].
+    fn rate_limited(&self, url: String) -> RegistryError {
         RegistryError::RateLimited {
             host: self.host.clone(),
             registry: self.registry.clone(),
-            when,
+            when: retry_when(None, Utc::now()),
+            url,
         }
     }
 
@@ -325,6 +321,24 @@ pub(crate) fn root_cause(err: &(dyn StdError + 'static)) -> String {
     one_line(&cur.to_string())
 }
 
+/// Says when a rate-limited request may be retried, `wait` from `now`, if the registry said.
+pub(crate) fn retry_when(wait: Option<Duration>, now: DateTime<Utc>) -> String {
+    let Some(wait) = wait else {
+        return "the registry did not say when; wait a few minutes".to_string();
+    };
+    let at = chrono::TimeDelta::from_std(wait)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d));
+    match at {
+        Some(at) => format!(
+            "retry after {} s (at {} UTC)",
+            wait.as_secs(),
+            at.format("%H:%M:%S")
+        ),
+        None => format!("retry after {} s", wait.as_secs()),
+    }
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -337,5 +351,25 @@ fn short_body(body: &str) -> String {
     match body.char_indices().nth(200) {
         Some((i, _)) => format!("{}...", &body[..i]),
         None => body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn says_when_to_retry() {
+        let now = DateTime::parse_from_rfc3339("2026-11-24T13:59:30Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            retry_when(Some(Duration::from_secs(42)), now),
+            "retry after 42 s (at 14:00:12 UTC)"
+        );
+        assert_eq!(
+            retry_when(None, now),
+            "the registry did not say when; wait a few minutes"
+        );
     }
 }

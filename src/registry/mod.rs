@@ -39,6 +39,8 @@ use transport::Endpoint;
 
 /// Tries for a request the registry answers with a 5xx.
 const TRIES: u32 = 3;
+/// The longest `Retry-After` of a 429 that is waited for; a longer one is reported.
+const SHORT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// Everything the client reads from the user's environment, gathered in one place so that
 /// it can be given explicitly (tests, a site-wide setup).
@@ -173,7 +175,11 @@ impl RegistryClient {
             let ctx = self.context(&image.to_string(), image.registry(), host);
             let attempt = async {
                 let endpoint = self.endpoint(host, &ctx).await?;
-                retry(|| op(endpoint.clone(), image.on_host(host), ctx.clone())).await
+                let wire = image.on_host(host);
+                retry(&endpoint, &wire, || {
+                    op(endpoint.clone(), wire.clone(), ctx.clone())
+                })
+                .await
             };
             match attempt.await {
                 Ok(value) => return Ok(value),
@@ -238,12 +244,19 @@ fn api_host(registry: &str) -> String {
 }
 
 /// Runs `op` up to [`TRIES`] times while it fails with a 5xx, waiting longer each time.
-pub(crate) async fn retry<T, F, Fut>(op: F) -> Result<T, RegistryError>
+/// A 429 is retried once only, after the registry's own short `Retry-After`; otherwise
+/// it fails at once, saying when to retry.
+pub(crate) async fn retry<T, F, Fut>(
+    endpoint: &Endpoint,
+    wire: &Reference,
+    op: F,
+) -> Result<T, RegistryError>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, RegistryError>>,
 {
     let mut tries = 0;
+    let mut waited = false;
     loop {
         tries += 1;
         match op().await {
@@ -263,6 +276,30 @@ where
                     tries,
                     message,
                 })
+            }
+            Err(RegistryError::RateLimited {
+                host,
+                registry,
+                url,
+                ..
+            }) => {
+                let wait = endpoint.retry_after(wire, &url).await;
+                match wait {
+                    Some(wait) if wait <= SHORT_RATE_LIMIT_WAIT && !waited => {
+                        tracing::debug!(?wait, "rate limited by {host}, waiting as asked");
+                        waited = true;
+                        tries -= 1;
+                        tokio::time::sleep(wait).await;
+                    }
+                    _ => {
+                        return Err(RegistryError::RateLimited {
+                            host,
+                            registry,
+                            when: error::retry_when(wait, chrono::Utc::now()),
+                            url,
+                        })
+                    }
+                }
             }
             other => return other,
         }

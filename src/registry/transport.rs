@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Reference, RegistryOperation};
+use reqwest::header::HeaderMap;
 
 use super::auth::Credentials;
 use super::error::{find_rustls, Context};
@@ -128,9 +130,60 @@ impl Endpoint {
         Ok(())
     }
 
+    /// How long the registry asks us to wait after refusing `url` with 429. oci-client 0.18
+    /// drops the headers of failed responses, so ask for the same URL again: a HEAD, which
+    /// registries answer with the same headers and do not count as a pull.
+    pub async fn retry_after(&self, wire: &Reference, url: &str) -> Option<Duration> {
+        let mut request = self.http.head(url).timeout(Duration::from_secs(10));
+        // An identity token's pull token is handed to oci-client, which does not give it
+        // back; asking oci-client for an anonymous one would replace it.
+        if self.identity_token.is_none() {
+            match self
+                .oci
+                .auth(wire, &self.auth, RegistryOperation::Pull)
+                .await
+            {
+                Ok(Some(token)) => request = request.bearer_auth(token),
+                _ => {
+                    if let RegistryAuth::Basic(user, password) = &self.auth {
+                        request = request.basic_auth(user, Some(password));
+                    }
+                }
+            }
+        }
+        let response = request.send().await.ok()?;
+        wait_from_headers(response.headers(), Utc::now())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}://{}{path}", self.scheme, self.host)
     }
+}
+
+/// The wait a response asks for: `Retry-After` (seconds or an HTTP date), else the
+/// `RateLimit-Reset` seconds of the IETF rate-limit headers.
+fn wait_from_headers(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(value) = header("retry-after") {
+        if let Ok(secs) = value.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(date) = DateTime::parse_from_rfc2822(value) {
+            return Some(
+                (date.with_timezone(&Utc) - now)
+                    .to_std()
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    header("ratelimit-reset")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 /// Docker's rule: plain HTTP is possible only for the local host and registries the user
@@ -182,6 +235,37 @@ mod tests {
             },
             insecure,
         }
+    }
+
+    #[test]
+    fn reads_the_wait_from_retry_after_or_ratelimit_reset() {
+        let now = DateTime::parse_from_rfc3339("2026-11-24T14:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let wait = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (k, v) in pairs {
+                headers.insert(*k, v.parse().unwrap());
+            }
+            wait_from_headers(&headers, now)
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(wait(&[("Retry-After", "120")]), secs(120));
+        assert_eq!(
+            wait(&[("Retry-After", "Tue, 24 Nov 2026 14:01:30 GMT")]),
+            secs(90)
+        );
+        assert_eq!(
+            wait(&[("Retry-After", "Tue, 24 Nov 2026 13:00:00 GMT")]),
+            secs(0)
+        );
+        assert_eq!(wait(&[("RateLimit-Reset", "3600")]), secs(3600));
+        assert_eq!(
+            wait(&[("Retry-After", "5"), ("RateLimit-Reset", "3600")]),
+            secs(5)
+        );
+        assert_eq!(wait(&[("Retry-After", "soon")]), None);
+        assert_eq!(wait(&[]), None);
     }
 
     #[test]

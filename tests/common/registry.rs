@@ -843,6 +843,8 @@ pub struct FaultProxy {
     faults: Arc<Mutex<VecDeque<(String, Fault)>>>,
     /// The paths of the requests seen, in order ("GET /v2/..."), to check what happened.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Beside each request of `log`, the scheme of its `Authorization` ("Bearer"), or "".
+    schemes: Arc<Mutex<Vec<String>>>,
     _server: Server,
 }
 
@@ -850,11 +852,16 @@ impl FaultProxy {
     pub fn start(upstream: SocketAddr) -> FaultProxy {
         let faults: Arc<Mutex<VecDeque<(String, Fault)>>> = Default::default();
         let log: Arc<Mutex<Vec<String>>> = Default::default();
-        let (f, l) = (faults.clone(), log.clone());
+        let schemes: Arc<Mutex<Vec<String>>> = Default::default();
+        let (f, l, sc) = (faults.clone(), log.clone(), schemes.clone());
         let server = Server::start(move |mut client| {
             let Some(request) = read_request(&mut client) else {
                 return;
             };
+            let scheme = request.header("authorization").unwrap_or("");
+            sc.lock()
+                .unwrap()
+                .push(scheme.split(' ').next().unwrap_or("").to_string());
             l.lock().unwrap().push(format!(
                 "{} {} {}",
                 request.method,
@@ -901,6 +908,7 @@ impl FaultProxy {
             host: server.addr.to_string(),
             faults,
             log,
+            schemes,
             _server: server,
         }
     }
@@ -915,6 +923,17 @@ impl FaultProxy {
 
     pub fn requests(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The `Authorization` schemes of the requests whose log line starts with `prefix`.
+    pub fn authorization(&self, prefix: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        let schemes = self.schemes.lock().unwrap();
+        log.iter()
+            .zip(schemes.iter())
+            .filter(|(line, _)| line.starts_with(prefix))
+            .map(|(_, scheme)| scheme.clone())
+            .collect()
     }
 }
 
