@@ -34,6 +34,8 @@ struct Meta {
     xattrs: Vec<(OsString, Vec<u8>)>,
 }
 
+/// Applies the entries of one layer to its directory, remembering what only the end of the
+/// layer can settle.
 pub(super) struct Unpacker<'a> {
     dest: &'a Path,
     layer: &'a str,
