@@ -287,15 +287,7 @@ fn udp_echo_through_sessions() {
 
 /// 1 MiB of a pattern that differs per connection.
 fn pattern(seed: usize) -> Vec<u8> {
-    let mut state = (seed as u32).wrapping_mul(2654435761) | 1;
-    (0..1 << 20)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as u8
-        })
-        .collect()
+    common::layers::noise(seed as u32, 1 << 20)
 }
 
 #[test]

@@ -417,15 +417,7 @@ fn udp_echo_through_the_forwarder() {
 
 /// A deterministic MiB for connection `i`.
 fn payload(i: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1);
-    (0..1 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::layers::noise(i as u32 + 1, 1 << 20)
 }
 
 #[test]
