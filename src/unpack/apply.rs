@@ -366,6 +366,11 @@ impl<'a> Unpacker<'a> {
         }
         // Linux allows user.* xattrs on regular files and directories only.
         self.skipped_xattrs += meta.xattrs.len() as u64;
+        self.set_mtime_at(at, meta)
+    }
+
+    /// Sets the entry's mtime without following it (it may be a symlink).
+    fn set_mtime_at(&self, at: &At<'_>, meta: &Meta) -> Result<(), UnpackError> {
         utimensat(
             Some(at.parent),
             at.name,
@@ -501,14 +506,7 @@ impl<'a> Unpacker<'a> {
             FchmodatFlags::FollowSymlink,
         )
         .map_err(|e| self.entry_error(at.shown, "change its mode", e.into()))?;
-        utimensat(
-            Some(at.parent),
-            at.name,
-            &meta.mtime,
-            &meta.mtime,
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(|e| self.entry_error(at.shown, "set its modification time", e.into()))?;
+        self.set_mtime_at(at, meta)?;
         Ok(true)
     }
 
