@@ -104,10 +104,9 @@ fn is_disk_full(err: &anyhow::Error) -> bool {
         }
         match cause.downcast_ref::<UnpackError>() {
             Some(UnpackError::Entry { error, .. } | UnpackError::Dest { error, .. }) => full(error),
-            // Link completion reports its io errors as text.
-            Some(UnpackError::Link { reason, .. }) => [Errno::ENOSPC, Errno::EDQUOT]
-                .iter()
-                .any(|errno| reason.contains(&io::Error::from(*errno).to_string())),
+            Some(UnpackError::Link { reason, .. }) => {
+                matches!(reason.os_error(), Some(e) if e == Errno::ENOSPC as i32 || e == Errno::EDQUOT as i32)
+            }
             _ => false,
         }
     })

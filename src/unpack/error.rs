@@ -39,6 +39,31 @@ pub enum UnpackError {
         dest: PathBuf,
         path: PathBuf,
         target: PathBuf,
-        reason: String,
+        reason: LinkReason,
     },
+}
+
+/// Why a hard link into a lower layer could not be completed. System errors stay errors (not
+/// text), so that a full disk is recognised as one wherever it happened.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkReason {
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Errno(#[from] nix::errno::Errno),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("cannot copy the target: {0}")]
+    Copy(io::Error),
+}
+
+impl LinkReason {
+    /// The OS error number behind the failure, if a system call failed.
+    pub fn os_error(&self) -> Option<i32> {
+        match self {
+            LinkReason::Refused(_) => None,
+            LinkReason::Errno(errno) => Some(*errno as i32),
+            LinkReason::Io(error) | LinkReason::Copy(error) => error.raw_os_error(),
+        }
+    }
 }

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::HashingReader;
 
-pub use error::UnpackError;
+pub use error::{LinkReason, UnpackError};
 pub use links::complete_links;
 pub use media::{compression_for, Compression};
 pub use remove::remove_layer_dir;
