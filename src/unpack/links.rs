@@ -2,23 +2,17 @@
 //! lowers as overlayfs would, then copied into the layer (a hard link cannot cross layer
 //! directories, and the layers must stay independent of each other in the cache).
 
-use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
-use nix::sys::stat::{
-    fchmod, fchmodat, fstat, futimens, mknodat, utimensat, FchmodatFlags, FileStat, Mode, SFlag,
-    UtimensatFlags,
-};
+use nix::sys::stat::{fchmod, fstat, futimens, Mode, SFlag};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 use xattr::FileExt;
 
 use super::apply::OPAQUE_XATTR;
+use super::copy::{copy_entry, Source};
 use super::error::LinkReason;
 use super::fsutil::{file_type, is_whiteout, lstat_at, open_child_dir, open_dir, walk, Step};
 use super::path;
@@ -59,13 +53,6 @@ pub fn complete_links(
         place_copy(&root, &link.path, &source).map_err(fail)?;
     }
     Ok(())
-}
-
-/// A file found in a lower layer: its directory (open) and name there.
-struct Source {
-    dir: File,
-    name: OsString,
-    stat: FileStat,
 }
 
 /// Looks `target` up through the lowers as the merged overlay would see it.
@@ -182,7 +169,7 @@ fn place_copy(root: &File, path: &Path, source: &Source) -> Result<(), LinkReaso
     if read_only {
         fchmod(fd, before_mode | Mode::S_IWUSR).map_err(LinkReason::from)?;
     }
-    let copied = copy_entry(fd, name, source);
+    let copied = copy_entry(fd, name, source, (source.stat.st_uid, source.stat.st_gid));
     if read_only {
         fchmod(fd, before_mode).map_err(LinkReason::from)?;
     }
@@ -195,77 +182,3 @@ fn place_copy(root: &File, path: &Path, source: &Source) -> Result<(), LinkReaso
     copied.map_err(LinkReason::Copy)
 }
 
-fn copy_entry(parent: RawFd, name: &OsStr, source: &Source) -> io::Result<()> {
-    if let Some(existing) = lstat_at(parent, name)? {
-        if file_type(&existing) == SFlag::S_IFDIR {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "a directory is in the way",
-            ));
-        }
-        unlinkat(Some(parent), name, UnlinkatFlags::NoRemoveDir)?;
-    }
-    let stat = &source.stat;
-    let mode = Mode::from_bits_truncate(stat.st_mode & 0o7777);
-    let kind = file_type(stat);
-    match kind {
-        SFlag::S_IFREG => {
-            let mut from = open_file(source.dir.as_raw_fd(), &source.name, OFlag::O_RDONLY, 0)?;
-            let mut to = open_file(
-                parent,
-                name,
-                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
-                0o600,
-            )?;
-            io::copy(&mut from, &mut to)?;
-            if let Ok(names) = from.list_xattr() {
-                for xattr in names {
-                    if let Ok(Some(value)) = from.get_xattr(&xattr) {
-                        // Best effort, as when unpacking: some namespaces need privileges.
-                        let _ = to.set_xattr(&xattr, &value);
-                    }
-                }
-            }
-        }
-        SFlag::S_IFLNK => {
-            let target = readlinkat(Some(source.dir.as_raw_fd()), source.name.as_os_str())?;
-            symlinkat(target.as_os_str(), Some(parent), name)?;
-        }
-        _ => mknodat(Some(parent), name, kind, mode, stat.st_rdev)?,
-    }
-    let copy = lstat_at(parent, name)?.ok_or(io::ErrorKind::NotFound)?;
-    // Rootless, the source is ours already; as root, it keeps its owner.
-    if (copy.st_uid, copy.st_gid) != (stat.st_uid, stat.st_gid) {
-        fchownat(
-            Some(parent),
-            name,
-            Some(Uid::from_raw(stat.st_uid)),
-            Some(Gid::from_raw(stat.st_gid)),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )?;
-    }
-    if kind != SFlag::S_IFLNK {
-        // Not a symlink (checked above), and created just now in our own layer directory.
-        fchmodat(Some(parent), name, mode, FchmodatFlags::FollowSymlink)?;
-    }
-    let mtime = TimeSpec::new(stat.st_mtime, stat.st_mtime_nsec);
-    utimensat(
-        Some(parent),
-        name,
-        &mtime,
-        &mtime,
-        UtimensatFlags::NoFollowSymlink,
-    )?;
-    Ok(())
-}
-
-fn open_file(dir: RawFd, name: &OsStr, flags: OFlag, mode: u32) -> io::Result<File> {
-    let fd = openat(
-        Some(dir),
-        name,
-        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(mode),
-    )?;
-    // SAFETY: openat just returned this descriptor and nothing else owns it.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}

@@ -12,10 +12,12 @@
 //! [`PendingLink`]s and copied in by [`complete_links`] once the lower layers are in place.
 
 mod apply;
+mod copy;
 mod error;
 mod fsutil;
 mod links;
 mod media;
+mod owned;
 mod path;
 mod remove;
 mod stage;
@@ -28,6 +30,7 @@ use crate::digest::HashingReader;
 pub use error::{LinkReason, UnpackError};
 pub use links::complete_links;
 pub use media::{compression_for, Compression};
+pub use owned::{copy_owned, Owners};
 pub use remove::remove_layer_dir;
 
 /// How to treat what only real root may create.
