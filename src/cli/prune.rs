@@ -9,6 +9,8 @@ use crate::store::{Freed, Mode, Store};
 pub struct Args {}
 
 pub fn run(_args: Args) -> Result<i32> {
+    // Layers given their image owners hold files of the user's subordinate ids.
+    crate::runtime::userns::enter_to_remove()?;
     let store = Store::open(&crate::dirs::cache_dir())?;
     let _cache = store.lock(Mode::Exclusive)?;
     let freed = store.collect(&crate::runtime::layers_in_use()?)?;

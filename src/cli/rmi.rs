@@ -14,6 +14,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<i32> {
+    // Layers given their image owners hold files of the user's subordinate ids.
+    crate::runtime::userns::enter_to_remove()?;
     let store = Store::open(&crate::dirs::cache_dir())?;
     let _cache = store.lock(Mode::Exclusive)?;
     let mut missing = Vec::new();

@@ -7,6 +7,7 @@
 
 mod image;
 mod io;
+mod owners;
 pub mod project;
 mod record;
 mod rootfs;
@@ -110,7 +111,11 @@ pub fn run(mut req: Request) -> Result<i32> {
     };
     dir.write(&record)?;
 
-    let result = run_in(&req, &plan, &identity, &dir, &mut record, &lc_root, net);
+    // The record keeps the pulled trees: they name the layers a container holds on to.
+    let result = owners::owned_layers(&req.layers, &identity).and_then(|lowers| {
+        req.layers = lowers;
+        run_in(&req, &plan, &identity, &dir, &mut record, &lc_root, net)
+    });
     let started = record.init.is_some();
     if let (Err(_), Some((pid, _))) = (&result, record.init) {
         // Built but never waited for: it is our child, so the pid is still its own.
@@ -141,9 +146,7 @@ pub fn remove(name: &str) -> Result<()> {
     }
     let lc_root = libcontainer_root()?;
     let stale = stale::find_and_kill(&containers);
-    // Root mapped to the host user and the rest to the subordinate range covers every id a
-    // writable layer can hold, whatever user the container ran as.
-    userns::enter(&userns::plan(0, 0, UsernsMode::Auto)?)?;
+    userns::enter_to_remove()?;
     stale::finish(stale, &lc_root);
     let dir = ContainerDir::lock_existing(&path)?
         .with_context(|| format!("the container {name:?} is running: stop it first"))?;

@@ -58,6 +58,31 @@ impl Identity {
             }
         }
     }
+
+    /// With a subordinate range mapped, a short name for the mapping: files chowned in it are
+    /// right only for it.
+    pub fn mapping_key(&self) -> Option<String> {
+        match self {
+            Identity::Rootless { uids, gids } if uids.len() > 1 && gids.len() > 1 => {
+                let both = format!("{}|{}", map_text(uids), map_text(gids));
+                Some(crate::digest::sha256_digest(both.as_bytes())[7..23].to_owned())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether container ids `uid` and `gid` exist in the mapping.
+    pub fn maps(&self, uid: u32, gid: u32) -> bool {
+        let covers = |ranges: &[IdRange], id: u32| {
+            ranges
+                .iter()
+                .any(|r| id >= r.inside && id - r.inside < r.count)
+        };
+        match self {
+            Identity::Root => true,
+            Identity::Rootless { uids, gids } => covers(uids, uid) && covers(gids, gid),
+        }
+    }
 }
 
 /// `--userns`.
@@ -176,6 +201,17 @@ fn is_initial_userns() -> bool {
     std::fs::read_to_string("/proc/self/uid_map")
         .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
         .unwrap_or(false)
+}
+
+/// Rootless, enters a namespace where root is the host user and the other ids are its
+/// subordinate range (if it has one): there eskrun may remove files owned by any container id,
+/// in writable layers and layers given their image owners. Real root needs nothing. Must be
+/// called while the process is single-threaded.
+pub fn enter_to_remove() -> Result<()> {
+    match plan(0, 0, UsernsMode::Auto)? {
+        Identity::Root => Ok(()),
+        identity => enter(&identity),
+    }
 }
 
 /// Enters eskrun's namespaces. Must be called while the process is single-threaded.

@@ -36,6 +36,30 @@ pub struct LayerMeta {
     pub skipped_xattrs: u64,
 }
 
+impl LayerMeta {
+    /// The metadata of the cached layer whose tree is `tree`; `None` for a tree outside the
+    /// cache (no layer.json beside it).
+    pub fn of_tree(tree: &Path) -> Result<Option<LayerMeta>> {
+        let path = tree.with_file_name("layer.json");
+        match fs_err::read(&path) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} is damaged: remove the image and pull it again",
+                    path.display()
+                )
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Where the copy of the layer's tree owned as the image says, for the id mapping named
+    /// `key`, lives: beside the tree, so it goes with the layer.
+    pub fn owned_tree(tree: &Path, key: &str) -> PathBuf {
+        tree.with_file_name("owned").join(key)
+    }
+}
+
 /// The outcome of claiming a layer.
 pub enum LayerSlot {
     /// Already in the cache (perhaps just finished by a concurrent pull).

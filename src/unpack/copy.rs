@@ -7,7 +7,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
-use nix::sys::stat::{fchmodat, mknodat, utimensat, FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{
+    fchmodat, mknodat, utimensat, FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags,
+};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 use xattr::FileExt;

@@ -181,4 +181,3 @@ fn place_copy(root: &File, path: &Path, source: &Source) -> Result<(), LinkReaso
     .map_err(LinkReason::from)?;
     copied.map_err(LinkReason::Copy)
 }
-

@@ -59,10 +59,7 @@ impl Copier<'_> {
     /// Copies the entries of the directory `src` (at `src_path`, `rel` in the tree) into `dst`.
     fn dir(&mut self, src: &File, dst: &File, src_path: &Path, rel: &Path) -> io::Result<()> {
         let named = |e: io::Error, name: &OsStr| {
-            io::Error::new(
-                e.kind(),
-                format!("{}: {e}", src_path.join(name).display()),
-            )
+            io::Error::new(e.kind(), format!("{}: {e}", src_path.join(name).display()))
         };
         for entry in fs_err::read_dir(src_path)? {
             let name = entry?.file_name();
