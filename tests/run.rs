@@ -496,6 +496,15 @@ fn bad_input_gives_one_clear_line() {
 /// A busybox image pushed to a real registry: busybox and its applets, passwd/group, and a
 /// second layer that adds a file and whites one out.
 fn push_busybox(registry: &common::registry::TestRegistry, config: serde_json::Value) -> String {
+    push_busybox_with(registry, config, Vec::new())
+}
+
+/// [`push_busybox`] with `extra` layers on top.
+fn push_busybox_with(
+    registry: &common::registry::TestRegistry,
+    config: serde_json::Value,
+    extra: Vec<common::layers::Layer>,
+) -> String {
     use common::layers::Layer;
     let mut base = Layer::new()
         .dir("bin", 0o755)
@@ -524,10 +533,11 @@ fn push_busybox(registry: &common::registry::TestRegistry, config: serde_json::V
         .whiteout("etc/removed");
     let spec = common::registry::ImageSpec::with_layers(
         common::registry::Format::Oci,
-        vec![
-            common::registry::Layer::gzip(&base.tar()),
-            common::registry::Layer::gzip(&top.tar()),
-        ],
+        [base, top]
+            .into_iter()
+            .chain(extra)
+            .map(|l| common::registry::Layer::gzip(&l.tar()))
+            .collect(),
     )
     .config(config);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -927,4 +937,91 @@ fn resource_limits_as_root_and_a_clear_refusal_rootless() {
         err.contains("--memory, --cpus and --pids-limit need a cgroup"),
         "{err}"
     );
+}
+
+/// The seed's multi-user case: an image whose files belong to several of its users. With a
+/// subordinate range they keep those owners rootless, whoever the container runs as, so an
+/// image user can write its own directories and not root's; rmi then removes it all.
+#[test]
+fn image_files_keep_their_owners_rootless() {
+    use common::layers::{Layer, Meta};
+    let registry = common::registry::TestRegistry::start(common::registry::Mode::Plain);
+    let esdev = Meta::mode(0o750).owner(1000, 1000);
+    let image = push_busybox_with(
+        &registry,
+        json!({"Cmd": ["sh"]}),
+        vec![
+            Layer::new()
+                .dir("home", 0o755)
+                .dir_with("home/esdev", esdev)
+                .file_with(
+                    "home/esdev/own",
+                    Meta::mode(0o640).owner(1000, 1000),
+                    b"mine",
+                )
+                .hardlink("home/esdev/link", "home/esdev/own")
+                .dir_with("var/www", Meta::mode(0o755).owner(33, 33))
+                .file("bin/suid", 0o4755, b"x")
+                .dir("opt", 0o755)
+                .dir("opt/data", 0o755)
+                .file("opt/data/old", 0o644, b""),
+            Layer::new().dir("opt", 0o755).opaque("opt/data").file_with(
+                "opt/data/new",
+                Meta::mode(0o644).owner(1000, 1000),
+                b"",
+            ),
+        ],
+    );
+    let show = "stat -c '%u:%g %a %n' /etc /etc/passwd /home/esdev /home/esdev/own /var/www /bin/suid /opt/data/new; ls /opt/data; test -e /etc/removed || echo gone; cat /home/esdev/link; echo; stat -c %h /home/esdev/link";
+    let want = "0:0 755 /etc\n0:0 644 /etc/passwd\n1000:1000 750 /home/esdev\n1000:1000 640 /home/esdev/own\n33:33 755 /var/www\n0:0 4755 /bin/suid\n1000:1000 644 /opt/data/new\nnew\ngone\nmine\n2\n";
+    let write = "touch /home/esdev/new && echo wrote; touch /etc/x 2>/dev/null || echo denied";
+    let notice = "giving the image's files their owners";
+    for who in [Who::Root, Who::Subids] {
+        let w = World::new(who);
+        let run = |args: &[&str]| {
+            let mut full = vec!["run", "--rm"];
+            full.extend_from_slice(args);
+            output(w.eskrun(&full))
+        };
+        for user in [&[][..], &["-u", "1000"], &["--userns=keep-id"]] {
+            let args: Vec<&str> = user
+                .iter()
+                .copied()
+                .chain([image.as_str(), "sh", "-c", show])
+                .collect();
+            let (code, out, err) = run(&args);
+            assert_eq!((code, out.as_str()), (0, want), "{who:?} {user:?}: {err}");
+            // Once per image and id mapping: a second run stacks the same copies.
+            let (code, out, err2) = run(&args);
+            assert_eq!((code, out.as_str()), (0, want), "{who:?} {user:?}: {err2}");
+            assert!(!err2.contains(notice), "{who:?} {user:?}: {err2}");
+            if who == Who::Subids && user.is_empty() {
+                assert_eq!(err.matches(notice).count(), 1, "{err}");
+            }
+        }
+        let (code, out, err) = run(&["-u", "1000", image.as_str(), "sh", "-c", write]);
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "wrote\ndenied\n"),
+            "{who:?}: {err}"
+        );
+
+        let layers = w.path("state/cache/v1/layers/sha256");
+        if let Some(a) = &w.account {
+            // On the host, the copies belong to the user's subordinate ids, not to the user.
+            let owned: Vec<u32> = std::fs::read_dir(&layers)
+                .unwrap()
+                .filter_map(|l| std::fs::read_dir(l.unwrap().path().join("owned")).ok())
+                .flatten()
+                .map(|c| std::fs::metadata(c.unwrap().path().join("home/esdev")))
+                .filter_map(Result::ok)
+                .map(|m| m.uid())
+                .collect();
+            assert!(!owned.is_empty());
+            assert!(owned.iter().any(|uid| *uid != a.uid), "{owned:?}");
+        }
+        let (code, _, err) = output(w.eskrun(&["rmi", image.as_str()]));
+        assert_eq!(code, 0, "{who:?}: {err}");
+        assert_eq!(std::fs::read_dir(&layers).unwrap().count(), 0, "{who:?}");
+    }
 }
