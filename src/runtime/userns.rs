@@ -351,7 +351,7 @@ impl MapHelper {
                 let mut res = std::fs::File::from(res_w);
                 let mut b = [0u8; 1];
                 let msg = if go.read(&mut b).unwrap_or(0) == 1 {
-                    run_tool("newuidmap", &uid_args).and_then(|()| run_tool("newgidmap", &gid_args))
+                    run_tools(&[("newuidmap", &uid_args), ("newgidmap", &gid_args)])
                 } else {
                     Err("eskrun went away".into())
                 };
@@ -385,16 +385,37 @@ impl MapHelper {
     }
 }
 
-fn run_tool(tool: &str, args: &[String]) -> std::result::Result<(), String> {
-    match Command::new(tool).args(args).output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(format!(
-            "{tool} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Err(format!("running {tool}: {e}")),
+/// Runs the tools side by side (each is a setuid program that takes a millisecond or two to
+/// start, on the path of every container start) and reports the first failure.
+fn run_tools(tools: &[(&str, &[String])]) -> std::result::Result<(), String> {
+    let children: Vec<_> = tools
+        .iter()
+        .map(|(tool, args)| {
+            let child = Command::new(tool)
+                .args(*args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn();
+            (tool, args, child)
+        })
+        .collect();
+    let mut result = Ok(());
+    for (tool, args, child) in children {
+        let outcome = match child.and_then(|c| c.wait_with_output()) {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(format!(
+                "{tool} {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => Err(format!("running {tool}: {e}")),
+        };
+        if result.is_ok() {
+            result = outcome;
+        }
     }
+    result
 }
 
 #[cfg(test)]
