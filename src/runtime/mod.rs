@@ -240,9 +240,14 @@ fn run_in(
     dir.write(record)?;
 
     let master = console.map(io::ConsoleSocket::receive).transpose()?;
+    if let Some(m) = &master {
+        io::sync_winsize(m.as_fd());
+    }
+    // Raw only when eskrun relays the keys: otherwise its terminal keeps turning Ctrl-C into
+    // a signal, which `io::wait` passes on.
     let _raw = match master {
-        Some(_) => io::RawTerminal::enter(),
-        None => None,
+        Some(_) if req.interactive => io::RawTerminal::enter(),
+        _ => None,
     };
     container
         .start()
