@@ -244,6 +244,129 @@ fn rm_leaves_nothing_and_named_containers_stay() {
     }
 }
 
+/// `eskrun ps` as rows of words.
+fn ps(w: &World) -> Vec<Vec<String>> {
+    let (code, out, err) = output(w.eskrun(&["ps"]));
+    assert_eq!(code, 0, "{:?}: {err}", w.who);
+    out.lines()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
+#[test]
+fn ps_lists_containers_and_rm_removes_stopped_ones() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        for name in ["kept", "old"] {
+            let (code, _, err) = output(w.run(&img, &["--name", name, "img", "true"]));
+            assert_eq!(code, 0, "{who:?}: {err}");
+        }
+        // A container kept by an earlier eskrun, which did not record the image.
+        let record = w.path("state/containers/old/container.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("image").unwrap();
+        std::fs::write(&record, serde_json::to_vec(&json).unwrap()).unwrap();
+        let mut live = w
+            .run(
+                &img,
+                &[
+                    "--name",
+                    "live",
+                    "img",
+                    "sh",
+                    "-c",
+                    "echo ready; exec sleep 1000",
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _out = wait_for_line(&mut live, "ready");
+        assert_eq!(
+            ps(&w),
+            [
+                vec!["NAME", "STATUS", "IMAGE"],
+                vec!["kept", "stopped", "img"],
+                vec!["live", "running", "img"],
+                vec!["old", "stopped", "-"],
+            ],
+            "{who:?}"
+        );
+
+        // The running one is refused by name, the others go.
+        let (code, out, err) = output(w.eskrun(&["rm", "kept", "live", "nosuch"]));
+        assert_eq!((code, out.as_str()), (125, "kept\n"), "{who:?}: {err}");
+        assert_eq!(
+            err.trim_end(),
+            "eskrun: the container \"live\" is running: end the eskrun that runs it first; \
+             there is no container named \"nosuch\"",
+            "{who:?}"
+        );
+        assert!(!w.path("state/containers/kept").exists(), "{who:?}");
+        assert!(w.path("state/containers/live/upper").is_dir(), "{who:?}");
+
+        // Once it has ended it is stopped, and goes too.
+        let init = children(live.id());
+        assert_eq!(init.len(), 1, "{who:?}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(init[0]),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert_eq!(live.wait().unwrap().code(), Some(137), "{who:?}");
+        // One whose eskrun was killed holds no lock: stopped, though its init still runs
+        // until `rm` (like any eskrun) cleans it up.
+        let mut orphan = w
+            .run(
+                &img,
+                &[
+                    "--name",
+                    "orphan",
+                    "img",
+                    "sh",
+                    "-c",
+                    "echo ready; exec sleep 1000",
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _out = wait_for_line(&mut orphan, "ready");
+        let orphan_init = children(orphan.id());
+        assert_eq!(orphan_init.len(), 1, "{who:?}");
+        orphan.kill().unwrap();
+        orphan.wait().unwrap();
+        assert_eq!(
+            ps(&w)[1..],
+            [
+                vec!["live", "stopped", "img"],
+                vec!["old", "stopped", "-"],
+                vec!["orphan", "stopped", "img"],
+            ],
+            "{who:?}"
+        );
+        let (code, out, err) = output(w.eskrun(&["rm", "live", "old", "orphan"]));
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "live\nold\norphan\n"),
+            "{who:?}: {err}"
+        );
+        let gone = std::fs::read_to_string(format!("/proc/{}/stat", orphan_init[0]))
+            .map_or(true, |s| s.contains(") Z "));
+        assert!(gone, "{who:?}: the orphan's init still runs");
+        assert_eq!(ps(&w), [vec!["NAME", "STATUS", "IMAGE"]], "{who:?}");
+        assert_eq!(
+            std::fs::read_dir(w.path("state/containers"))
+                .unwrap()
+                .count(),
+            0,
+            "{who:?}"
+        );
+    }
+}
+
 #[test]
 fn stdout_to_dev_null_file_and_pipe() {
     for who in ALL {
@@ -900,6 +1023,7 @@ fn up_keeps_the_writable_layer_until_down() {
         let (code, out, err) = output(w.eskrun(&["up", "--mount", dir, "cat", "/state"]));
         assert_eq!((code, out.as_str()), (0, "kept\n"), "{who:?}: {err}");
         assert!(w.path("state/containers/my-project").is_dir());
+        assert_eq!(ps(&w)[1], ["my-project", "stopped", &image], "{who:?}");
 
         let (code, _, err) = output(w.eskrun(&["down", "my-project"]));
         assert_eq!(code, 0, "{who:?}: {err}");
