@@ -244,6 +244,129 @@ fn rm_leaves_nothing_and_named_containers_stay() {
     }
 }
 
+/// `eskrun ps` as rows of words.
+fn ps(w: &World) -> Vec<Vec<String>> {
+    let (code, out, err) = output(w.eskrun(&["ps"]));
+    assert_eq!(code, 0, "{:?}: {err}", w.who);
+    out.lines()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
+#[test]
+fn ps_lists_containers_and_rm_removes_stopped_ones() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        for name in ["kept", "old"] {
+            let (code, _, err) = output(w.run(&img, &["--name", name, "img", "true"]));
+            assert_eq!(code, 0, "{who:?}: {err}");
+        }
+        // A container kept by an earlier eskrun, which did not record the image.
+        let record = w.path("state/containers/old/container.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("image").unwrap();
+        std::fs::write(&record, serde_json::to_vec(&json).unwrap()).unwrap();
+        let mut live = w
+            .run(
+                &img,
+                &[
+                    "--name",
+                    "live",
+                    "img",
+                    "sh",
+                    "-c",
+                    "echo ready; exec sleep 1000",
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _out = wait_for_line(&mut live, "ready");
+        assert_eq!(
+            ps(&w),
+            [
+                vec!["NAME", "STATUS", "IMAGE"],
+                vec!["kept", "stopped", "img"],
+                vec!["live", "running", "img"],
+                vec!["old", "stopped", "-"],
+            ],
+            "{who:?}"
+        );
+
+        // The running one is refused by name, the others go.
+        let (code, out, err) = output(w.eskrun(&["rm", "kept", "live", "nosuch"]));
+        assert_eq!((code, out.as_str()), (125, "kept\n"), "{who:?}: {err}");
+        assert_eq!(
+            err.trim_end(),
+            "eskrun: the container \"live\" is running: end the eskrun that runs it first; \
+             there is no container named \"nosuch\"",
+            "{who:?}"
+        );
+        assert!(!w.path("state/containers/kept").exists(), "{who:?}");
+        assert!(w.path("state/containers/live/upper").is_dir(), "{who:?}");
+
+        // Once it has ended it is stopped, and goes too.
+        let init = children(live.id());
+        assert_eq!(init.len(), 1, "{who:?}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(init[0]),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert_eq!(live.wait().unwrap().code(), Some(137), "{who:?}");
+        // One whose eskrun was killed holds no lock: stopped, though its init still runs
+        // until `rm` (like any eskrun) cleans it up.
+        let mut orphan = w
+            .run(
+                &img,
+                &[
+                    "--name",
+                    "orphan",
+                    "img",
+                    "sh",
+                    "-c",
+                    "echo ready; exec sleep 1000",
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _out = wait_for_line(&mut orphan, "ready");
+        let orphan_init = children(orphan.id());
+        assert_eq!(orphan_init.len(), 1, "{who:?}");
+        orphan.kill().unwrap();
+        orphan.wait().unwrap();
+        assert_eq!(
+            ps(&w)[1..],
+            [
+                vec!["live", "stopped", "img"],
+                vec!["old", "stopped", "-"],
+                vec!["orphan", "stopped", "img"],
+            ],
+            "{who:?}"
+        );
+        let (code, out, err) = output(w.eskrun(&["rm", "live", "old", "orphan"]));
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "live\nold\norphan\n"),
+            "{who:?}: {err}"
+        );
+        let gone = std::fs::read_to_string(format!("/proc/{}/stat", orphan_init[0]))
+            .map_or(true, |s| s.contains(") Z "));
+        assert!(gone, "{who:?}: the orphan's init still runs");
+        assert_eq!(ps(&w), [vec!["NAME", "STATUS", "IMAGE"]], "{who:?}");
+        assert_eq!(
+            std::fs::read_dir(w.path("state/containers"))
+                .unwrap()
+                .count(),
+            0,
+            "{who:?}"
+        );
+    }
+}
+
 #[test]
 fn stdout_to_dev_null_file_and_pipe() {
     for who in ALL {
@@ -352,52 +475,227 @@ fn two_containers_of_one_image_at_once() {
     }
 }
 
+/// eskrun with a pseudo-terminal as its controlling terminal, the test holding the master as a
+/// terminal emulator does: what it writes there is typed, what eskrun writes is read from it.
+struct Terminal {
+    who: Who,
+    master: std::fs::File,
+    child: Child,
+    output: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// Output not yet consumed by [`Terminal::expect`].
+    pending: String,
+}
+
+/// How long a [`Terminal`] waits for output before it calls eskrun hung.
+const HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(60);
+
+nix::ioctl_write_ptr_bad!(set_winsize, nix::libc::TIOCSWINSZ, nix::libc::winsize);
+
+fn winsize(rows: u16, cols: u16) -> nix::libc::winsize {
+    nix::libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+impl Terminal {
+    /// Starts `cmd` in a new session on a new terminal of `rows` x `cols`.
+    fn spawn(who: Who, mut cmd: Command, rows: u16, cols: u16) -> Terminal {
+        use std::os::unix::process::CommandExt;
+        let pty = nix::pty::openpty(Some(&winsize(rows, cols)), None).unwrap();
+        let slave = std::fs::File::from(pty.slave);
+        cmd.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave);
+        // SAFETY: only async-signal-safe syscalls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()?;
+                if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        // Our copies of the slave go: the output ends when eskrun's do.
+        drop(cmd);
+        let master = std::fs::File::from(pty.master);
+        let mut reader = master.try_clone().unwrap();
+        let (tx, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once no process holds the slave any more.
+            while let Ok(n @ 1..) = std::io::Read::read(&mut reader, &mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        Terminal {
+            who,
+            master,
+            child,
+            output,
+            pending: String::new(),
+        }
+    }
+
+    fn type_in(&mut self, keys: &str) {
+        std::io::Write::write_all(&mut self.master, keys.as_bytes()).unwrap();
+    }
+
+    /// Waits for `want` in the output; returns the output up to it, which is consumed.
+    fn expect(&mut self, want: &str) -> String {
+        let deadline = std::time::Instant::now() + HANG_GUARD;
+        loop {
+            if let Some(at) = self.pending.find(want) {
+                return self.pending.drain(..at + want.len()).collect();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(bytes) => self.pending.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(e) => panic!(
+                    "{:?}: no {want:?} from eskrun ({e}); it wrote {:?}",
+                    self.who, self.pending
+                ),
+            }
+        }
+    }
+
+    /// Changes the window size, as a terminal emulator does when its window is resized, and
+    /// tells eskrun with SIGWINCH (the kernel also sends it to the terminal's foreground).
+    fn resize(&mut self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid winsize for TIOCSWINSZ on our own master.
+        unsafe { set_winsize(self.master.as_raw_fd(), &winsize(rows, cols)) }.unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGWINCH,
+        )
+        .unwrap();
+    }
+
+    /// Waits until eskrun has ended and closed the terminal: its exit code and the rest of
+    /// the output.
+    fn finish(mut self) -> (i32, String) {
+        let deadline = std::time::Instant::now() + HANG_GUARD;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(bytes) => self.pending.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(e) => panic!(
+                    "{:?}: eskrun did not end ({e}); it wrote {:?}",
+                    self.who, self.pending
+                ),
+            }
+        }
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        (code, std::mem::take(&mut self.pending))
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        // A failed test leaves no eskrun behind (a passing one has been waited for).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn tty_session_through_a_pseudo_terminal() {
     for who in ALL {
         let w = World::new(who);
         let img = sh_image(&w);
-        // script(1) gives eskrun a real terminal; what we type goes through eskrun's relay.
-        let cmd = w.run(&img, &["--rm", "-it", "img", "sh"]);
-        // The window size set on script's terminal must reach the container's.
-        let inner = format!(
-            "stty rows 33 cols 101; {} {}",
-            shell_quote(cmd.get_program().to_str().unwrap()),
-            cmd.get_args()
-                .map(|a| shell_quote(a.to_str().unwrap()))
-                .collect::<Vec<_>>()
-                .join(" ")
+        let mut t = Terminal::spawn(who, w.run(&img, &["--rm", "-it", "img", "sh"]), 33, 101);
+        // What is typed is echoed: the expected output is computed, so the echo never matches.
+        t.type_in(
+            "test -t 0 && echo is-a-tty$((1)); echo $((6*7)) $TERM; stty size; echo end$((1))\r",
         );
-        let mut script = Command::new("script");
-        script.args(["-qec", &inner, "/dev/null"]);
-        for (k, v) in cmd.get_envs() {
-            match v {
-                Some(v) => script.env(k, v),
-                None => script.env_remove(k),
-            };
+        let seen = t.expect("end1");
+        assert!(seen.contains("is-a-tty1"), "{who:?}: {seen:?}");
+        assert!(seen.contains("42 xterm"), "{who:?}: {seen:?}");
+        assert!(seen.contains("33 101"), "{who:?}: {seen:?}");
+        // The window changes mid-session: the container's terminal follows.
+        t.resize(40, 120);
+        t.type_in("stty size; echo end$((2))\r");
+        let seen = t.expect("end2");
+        assert!(seen.contains("40 120"), "{who:?}: {seen:?}");
+        t.type_in("exit 5\r");
+        assert_eq!(t.finish().0, 5, "{who:?}");
+
+        // A command that looks at once sees the size, with or without -i.
+        for flags in ["-it", "-t"] {
+            let t = Terminal::spawn(
+                who,
+                w.run(&img, &["--rm", flags, "img", "stty", "size"]),
+                33,
+                101,
+            );
+            let (code, out) = t.finish();
+            assert_eq!((code, out.trim()), (0, "33 101"), "{who:?} {flags}");
         }
-        script.current_dir(cmd.get_current_dir().unwrap());
-        let mut child = script
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(
-            &mut child.stdin.take().unwrap(),
-            b"test -t 0 && echo is-a-tty; echo $((6*7)) $TERM; stty size; exit 5\n",
-        )
-        .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("is-a-tty"), "{who:?}: {text}");
-        assert!(text.contains("42 xterm"), "{who:?}: {text}");
-        assert!(text.contains("33 101"), "{who:?}: {text}");
-        assert_eq!(out.status.code(), Some(5), "{who:?}: {text}");
     }
 }
 
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
+#[test]
+fn ctrl_c_interrupts_and_ctrl_d_ends_under_tty() {
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        // An interactive shell: Ctrl-C ends its foreground job, the shell goes on; Ctrl-D at
+        // its prompt ends it.
+        let sh = ["--rm", "-it", "-e", "PS1=prompt> ", "img", "sh"];
+        let mut t = Terminal::spawn(who, w.run(&img, &sh), 24, 80);
+        t.type_in("sh -c 'echo sleeping$((1)); exec sleep 100'\r");
+        t.expect("sleeping1");
+        t.type_in("\x03");
+        t.type_in("echo status $?$((0))\r");
+        t.expect("status 1300");
+        // Only at the prompt: the shell edits its line in raw mode, and a Ctrl-D typed ahead
+        // while the terminal is still in its line mode would be lost in the switch.
+        t.expect("prompt> ");
+        t.type_in("\x04");
+        assert_eq!(t.finish().0, 0, "{who:?}");
+
+        // Ctrl-D is the end of input for a program reading the terminal as it is.
+        let mut t = Terminal::spawn(
+            who,
+            w.run(
+                &img,
+                &["--rm", "-it", "img", "sh", "-c", "echo ready; exec cat"],
+            ),
+            24,
+            80,
+        );
+        t.expect("ready");
+        t.type_in("typed\r");
+        // The terminal's echo, then cat's copy.
+        t.expect("typed");
+        t.expect("typed");
+        t.type_in("\x04");
+        assert_eq!(t.finish().0, 0, "{who:?}");
+
+        // Without -i eskrun reads no input, yet Ctrl-C reaches the container's foreground.
+        // (The container's init ignores SIGINT, as a pid namespace's init does without a
+        // handler; the command it waits for is killed, and its status passed on.)
+        for flags in ["-it", "-t"] {
+            let script = "sh -c 'echo sleeping; exec sleep 100'; exit $?";
+            let mut t = Terminal::spawn(
+                who,
+                w.run(&img, &["--rm", flags, "img", "sh", "-c", script]),
+                24,
+                80,
+            );
+            t.expect("sleeping");
+            t.type_in("\x03");
+            assert_eq!(t.finish().0, 130, "{who:?} {flags}");
+        }
+    }
 }
 
 #[test]
@@ -735,6 +1033,7 @@ fn up_keeps_the_writable_layer_until_down() {
         let (code, out, err) = output(w.eskrun(&["up", "--mount", dir, "cat", "/state"]));
         assert_eq!((code, out.as_str()), (0, "kept\n"), "{who:?}: {err}");
         assert!(w.path("state/containers/my-project").is_dir());
+        assert_eq!(ps(&w)[1], ["my-project", "stopped", &image], "{who:?}");
 
         let (code, _, err) = output(w.eskrun(&["down", "my-project"]));
         assert_eq!(code, 0, "{who:?}: {err}");

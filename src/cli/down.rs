@@ -18,6 +18,6 @@ pub fn run(args: Args) -> Result<i32> {
             &std::env::current_dir().context("reading the current directory")?,
         ),
     };
-    runtime::remove(&name)?;
+    runtime::remove(&[name], |_| {})?;
     Ok(0)
 }

@@ -7,7 +7,9 @@ mod images;
 mod login;
 mod logout;
 mod prune;
+mod ps;
 mod pull;
+mod rm;
 mod rmi;
 mod run;
 mod up;
@@ -38,6 +40,8 @@ enum Command {
     Run(Box<run::Args>),
     Up(up::Args),
     Down(down::Args),
+    Ps(ps::Args),
+    Rm(rm::Args),
 }
 
 /// Runs the command line and returns the process exit code. Errors are printed as one line:
@@ -55,6 +59,8 @@ pub fn main() -> i32 {
         Command::Run(args) => run::run(*args),
         Command::Up(args) => up::run(args),
         Command::Down(args) => down::run(args),
+        Command::Ps(args) => ps::run(args),
+        Command::Rm(args) => rm::run(args),
     };
     match result {
         Ok(code) => code,

@@ -165,12 +165,16 @@ pub fn run(args: Args) -> Result<i32> {
     for p in &args.publish {
         publish.extend(crate::network::parse_publish(p)?);
     }
-    let (image, layers) = if args.layers.is_empty() {
+    let (image, layers, image_name) = if args.layers.is_empty() {
         cached = match runtime::cached(&args.image)? {
             runtime::Lookup::Found(c) => c,
             runtime::Lookup::PullFailed(code) => return Ok(code),
         };
-        (cached.image.config.clone(), cached.image.layers.clone())
+        (
+            cached.image.config.clone(),
+            cached.image.layers.clone(),
+            cached.image.reference.clone(),
+        )
     } else {
         let config = match &args.image_config {
             Some(f) => serde_json::from_slice(&fs_err::read(f)?)
@@ -182,7 +186,7 @@ pub fn run(args: Args) -> Result<i32> {
             .iter()
             .map(fs_err::canonicalize)
             .collect::<Result<Vec<_>, _>>()?;
-        (config, layers)
+        (config, layers, args.image)
     };
     if args.publish_all {
         publish = crate::network::with_exposed(publish, &exposed_ports(&image))?;
@@ -190,6 +194,7 @@ pub fn run(args: Args) -> Result<i32> {
     runtime::run(runtime::Request {
         image,
         layers,
+        image_name,
         options,
         name: args.name,
         interactive: args.interactive,

@@ -77,6 +77,7 @@ pub fn run(args: Args) -> Result<i32> {
     runtime::run(runtime::Request {
         image: cached.image.config.clone(),
         layers: cached.image.layers.clone(),
+        image_name: cached.image.reference.clone(),
         options,
         name: Some(name),
         interactive,

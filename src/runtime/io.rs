@@ -1,6 +1,10 @@
 //! The container's stdio and eskrun's foreground loop: signals forwarded to the container's
 //! init, the exit status turned into eskrun's exit code, and with `-t` a pseudo-terminal whose
-//! master eskrun relays to its own terminal (raw mode, window size kept in sync).
+//! master eskrun relays to its own terminal (window size kept in sync). With `-i` too, eskrun's
+//! terminal is raw and every key, Ctrl-C and Ctrl-D included, goes to the container's terminal
+//! as typed. Without `-i` it stays as it is (eskrun reads no input, as Docker's `-t` does), and
+//! the Ctrl-C or Ctrl-\ that it turns into a signal for eskrun is typed into the container's
+//! terminal instead, so it interrupts what runs there in the foreground as under `-it`.
 
 use std::io::{IoSliceMut, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -14,7 +18,9 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::sys::stat::{fstat, SFlag};
-use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
+use nix::sys::termios::{
+    cfmakeraw, tcgetattr, tcsetattr, SetArg, SpecialCharacterIndices, Termios,
+};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -146,8 +152,9 @@ impl Drop for RawTerminal {
 nix::ioctl_read_bad!(get_winsize, nix::libc::TIOCGWINSZ, nix::libc::winsize);
 nix::ioctl_write_ptr_bad!(set_winsize, nix::libc::TIOCSWINSZ, nix::libc::winsize);
 
-/// Copies eskrun's terminal size (stdin, else stdout) to the container's pty.
-fn sync_winsize(master: BorrowedFd) {
+/// Copies eskrun's terminal size (stdin, else stdout) to the container's pty. Called before
+/// the container starts, so that its first look at the size is right, and on each SIGWINCH.
+pub fn sync_winsize(master: BorrowedFd) {
     // SAFETY: all-zero is a valid winsize, which the ioctls fill or read.
     let mut ws: nix::libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: see above; fds 0/1 and the master are plain fds.
@@ -191,9 +198,6 @@ pub fn wait(init: Pid, tty: Option<OwnedFd>, relay_stdin: bool) -> Result<i32> {
         nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
     )
     .context("creating a signalfd")?;
-    if let Some(master) = &tty {
-        sync_winsize(master.as_fd());
-    }
     let mut stdin_open = relay_stdin && tty.is_some();
     let mut master_open = tty.is_some();
     let mut status = None;
@@ -236,11 +240,12 @@ pub fn wait(init: Pid, tty: Option<OwnedFd>, relay_stdin: bool) -> Result<i32> {
                 let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
                     continue;
                 };
-                match sig {
-                    Signal::SIGCHLD => reap(init, &mut status),
-                    Signal::SIGWINCH if tty.is_some() => {
-                        sync_winsize(tty.as_ref().unwrap().as_fd())
-                    }
+                let master = tty.as_ref().map(|m| m.as_fd());
+                match (sig, master) {
+                    (Signal::SIGCHLD, _) => reap(init, &mut status),
+                    (Signal::SIGWINCH, Some(m)) => sync_winsize(m),
+                    (Signal::SIGINT | Signal::SIGQUIT, Some(m))
+                        if info.ssi_code == nix::libc::SI_KERNEL && type_key_of(m, sig) => {}
                     _ if status.is_none() => {
                         let _ = kill(init, sig);
                     }
@@ -270,6 +275,21 @@ pub fn wait(init: Pid, tty: Option<OwnedFd>, relay_stdin: bool) -> Result<i32> {
         }
     }
     Ok(status.unwrap_or(0))
+}
+
+/// Types the container terminal's own INTR (for SIGINT) or QUIT character into it: its line
+/// discipline then signals the container's foreground process group, as the key does under
+/// `-it`. Used for the signals eskrun's own terminal raised (`SI_KERNEL`): a `kill` of eskrun
+/// still goes to the init. False when the container's terminal has that character disabled.
+fn type_key_of(master: BorrowedFd, sig: Signal) -> bool {
+    let index = match sig {
+        Signal::SIGINT => SpecialCharacterIndices::VINTR,
+        _ => SpecialCharacterIndices::VQUIT,
+    };
+    tcgetattr(master).is_ok_and(|t| {
+        let key = t.control_chars[index as usize];
+        key != 0 && write_all(master, &[key]).is_ok()
+    })
 }
 
 fn reap(init: Pid, status: &mut Option<i32>) {

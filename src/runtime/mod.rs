@@ -25,7 +25,7 @@ use oci_spec::image::ImageConfiguration;
 use crate::network::{outbound, PortMapping};
 use crate::spec::{self, Network, RunOptions};
 pub use image::{cached, CachedImage, Lookup};
-pub use record::{layers_in_use, libcontainer_root};
+pub use record::{layers_in_use, libcontainer_root, list, Container};
 use record::{start_time, ContainerDir, Record};
 pub use userns::UsernsMode;
 
@@ -34,6 +34,8 @@ pub struct Request {
     pub image: ImageConfiguration,
     /// The image's layer trees, lowest first.
     pub layers: Vec<PathBuf>,
+    /// The image's name, recorded for `eskrun ps`.
+    pub image_name: String,
     pub options: RunOptions,
     /// `--name`; a random id when absent.
     pub name: Option<String>,
@@ -108,6 +110,7 @@ pub fn run(mut req: Request) -> Result<i32> {
         remove: req.remove,
         init: None,
         layers: req.layers.clone(),
+        image: Some(req.image_name.clone()),
     };
     dir.write(&record)?;
 
@@ -136,20 +139,37 @@ pub fn run(mut req: Request) -> Result<i32> {
     result
 }
 
-/// Removes a stopped container and its writable layer (`eskrun down`).
-pub fn remove(name: &str) -> Result<()> {
-    check_name(name)?;
+/// Removes stopped containers and their writable layers (`eskrun rm`, `eskrun down`), each
+/// name in turn, calling `removed` for each one gone. The names that could not be removed
+/// (missing, running) make one error naming them all.
+pub fn remove(names: &[String], mut removed: impl FnMut(&str)) -> Result<()> {
     let containers = containers_dir();
-    let path = containers.join(name);
-    if !path.join("container.json").exists() {
-        bail!("there is no container named {name:?}");
-    }
     let lc_root = libcontainer_root()?;
     let stale = stale::find_and_kill(&containers);
     userns::enter_to_remove()?;
     stale::finish(stale, &lc_root);
-    let dir = ContainerDir::lock_existing(&path)?
-        .with_context(|| format!("the container {name:?} is running: stop it first"))?;
+    let mut failed = Vec::new();
+    for name in names {
+        match remove_one(&containers, name) {
+            Ok(()) => removed(name),
+            Err(e) => failed.push(format!("{e:#}")),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    Ok(())
+}
+
+fn remove_one(containers: &Path, name: &str) -> Result<()> {
+    check_name(name)?;
+    let path = containers.join(name);
+    if !path.join("container.json").exists() {
+        bail!("there is no container named {name:?}");
+    }
+    let dir = ContainerDir::lock_existing(&path)?.with_context(|| {
+        format!("the container {name:?} is running: end the eskrun that runs it first")
+    })?;
     fs_err::remove_dir_all(&dir.path).with_context(|| format!("removing the container {name:?}"))
 }
 
@@ -240,9 +260,14 @@ fn run_in(
     dir.write(record)?;
 
     let master = console.map(io::ConsoleSocket::receive).transpose()?;
+    if let Some(m) = &master {
+        io::sync_winsize(m.as_fd());
+    }
+    // Raw only when eskrun relays the keys: otherwise its terminal keeps turning Ctrl-C into
+    // a signal, which `io::wait` passes on.
     let _raw = match master {
-        Some(_) => io::RawTerminal::enter(),
-        None => None,
+        Some(_) if req.interactive => io::RawTerminal::enter(),
+        _ => None,
     };
     container
         .start()

@@ -23,6 +23,9 @@ pub struct Record {
     /// them while the container exists.
     #[serde(default)]
     pub layers: Vec<PathBuf>,
+    /// The image, as `eskrun ps` shows it (absent from records of earlier eskruns).
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// A container directory, locked by this process.
@@ -123,19 +126,7 @@ pub fn start_time(pid: i32) -> Option<u64> {
 /// every `container.json`, so that `prune` and `rmi` leave them alone.
 pub fn layers_in_use() -> Result<std::collections::HashSet<String>> {
     let mut digests = std::collections::HashSet::new();
-    let dir = super::containers_dir();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(digests),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
-    for entry in entries {
-        let file = entry?.path().join("container.json");
-        let Ok(bytes) = std::fs::read(&file) else {
-            continue; // being created or removed right now
-        };
-        let record: Record = serde_json::from_slice(&bytes)
-            .with_context(|| format!("reading {}", file.display()))?;
+    for (_, record) in records()? {
         // A cached layer tree is `.../layers/sha256/<hex>/tree`.
         for tree in record.layers {
             if let Some(hex) = tree.parent().and_then(Path::file_name) {
@@ -144,4 +135,56 @@ pub fn layers_in_use() -> Result<std::collections::HashSet<String>> {
         }
     }
     Ok(digests)
+}
+
+/// A container as `eskrun ps` lists it.
+pub struct Container {
+    pub name: String,
+    pub running: bool,
+    pub image: Option<String>,
+}
+
+/// Every container, sorted by name. One runs when the init it records is still that very
+/// process and an eskrun holds its lock; any other is stopped (one whose eskrun was killed is
+/// cleaned up by the next `run`, `rm` or `down`).
+pub fn list() -> Result<Vec<Container>> {
+    let mut list: Vec<Container> = records()?
+        .into_iter()
+        .map(|(path, record)| Container {
+            name: path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            running: record
+                .init
+                .is_some_and(|(pid, started)| start_time(pid) == Some(started))
+                // Held by its eskrun; taken here (and dropped at once) only when nobody does.
+                && matches!(ContainerDir::lock_existing(&path), Ok(None)),
+            image: record.image,
+        })
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(list)
+}
+
+/// Every container directory with its record; those being created or removed right now
+/// (no readable `container.json`) are left out.
+fn records() -> Result<Vec<(PathBuf, Record)>> {
+    let dir = super::containers_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut records = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let file = path.join("container.json");
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        let record = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {}", file.display()))?;
+        records.push((path, record));
+    }
+    Ok(records)
 }
