@@ -3,7 +3,8 @@
 //! the same run. Run it through `bench/forward.sh` (root, or any user allowed `unshare -Urn`).
 //!
 //! The same binary is the server on both paths (`forward_bench server PORT`), so the only
-//! difference between the two rows is the forwarder.
+//! difference between the two rows is the forwarder. The machine is shared: throughput runs
+//! alternate the two paths, and the median and range of each are printed with the load.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,18 +24,15 @@ fn main() -> Result<()> {
         println!("ready");
         return serve(listener);
     }
-    let mib: u64 = match args.get(1) {
-        Some(n) => n
-            .parse()
-            .context("usage: forward_bench [MIB_PER_RUN [CONNECTIONS]]")?,
-        None => 2048,
+    let number = |i: usize, default: usize| -> Result<usize> {
+        match args.get(i) {
+            Some(n) => n
+                .parse()
+                .context("usage: forward_bench [MIB_PER_RUN [CONNECTIONS [ROUNDS]]]"),
+            None => Ok(default),
+        }
     };
-    let connects: usize = match args.get(2) {
-        Some(n) => n
-            .parse()
-            .context("usage: forward_bench [MIB_PER_RUN [CONNECTIONS]]")?,
-        None => 2000,
-    };
+    let (mib, connects, rounds) = (number(1, 2048)? as u64, number(2, 2000)?, number(3, 7)?);
 
     let direct = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     let direct_addr = direct.local_addr()?;
@@ -72,39 +70,57 @@ fn main() -> Result<()> {
         SocketAddr::from((Ipv4Addr::LOCALHOST, forwarder.published()[0].host_port));
     let running = forwarder.serve(netns.into())?;
 
-    println!("{mib} MiB per throughput run (best of 3), {connects} connections for latency");
+    let load = loadavg();
+    // Each round runs both paths, in turns (and each first in turn), so that a change of load
+    // during the run touches both alike.
+    let addrs = [direct_addr, forwarded_addr];
+    let mut gbits = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for k in [round % 2, 1 - round % 2] {
+            gbits[k].push(throughput(addrs[k], mib << 20)?);
+        }
+    }
+    println!("{rounds} rounds of {mib} MiB per path, {connects} connections for latency");
     println!(
-        "{:<10} {:>12} {:>16} {:>16}",
-        "path", "Gbit/s", "connect+RTT p50", "p99"
+        "{:<10} {:>24} {:>16} {:>9}",
+        "path", "Gbit/s median (range)", "connect+RTT p50", "p99"
     );
     let mut rows = Vec::new();
-    for (name, addr) in [("loopback", direct_addr), ("forwarded", forwarded_addr)] {
-        let gbits = (0..3)
-            .map(|_| throughput(addr, mib << 20))
-            .collect::<Result<Vec<f64>>>()?
-            .into_iter()
-            .fold(0.0, f64::max);
+    for (k, name) in ["loopback", "forwarded"].into_iter().enumerate() {
+        let runs = &mut gbits[k];
+        runs.sort_by(f64::total_cmp);
+        let median = runs[runs.len() / 2];
         let mut times = (0..connects)
-            .map(|_| connect_round_trip(addr))
+            .map(|_| connect_round_trip(addrs[k]))
             .collect::<Result<Vec<Duration>>>()?;
         times.sort();
         let (p50, p99) = (times[times.len() / 2], times[times.len() * 99 / 100]);
         println!(
-            "{name:<10} {gbits:>12.2} {:>13.0} us {:>13.0} us",
+            "{name:<10} {median:>9.1} ({:>5.1} - {:>5.1}) {:>13.0} us {:>6.0} us",
+            runs[0],
+            runs[runs.len() - 1],
             micros(p50),
             micros(p99)
         );
-        rows.push((gbits, p50));
+        rows.push((median, p50));
     }
     println!(
-        "forwarded/loopback throughput: {:.0}%, added connection latency: {:.0} us",
+        "forwarded/loopback throughput: {:.0}% (medians), added connection latency: {:.0} us",
         100.0 * rows[1].0 / rows[0].0,
         micros(rows[1].1) - micros(rows[0].1)
     );
+    println!("load average before: {load}, after: {}", loadavg());
     running.stop();
     child.kill()?;
     child.wait()?;
     Ok(())
+}
+
+/// The 1, 5 and 15 minute load averages: other work on the machine skews the figures.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn micros(d: Duration) -> f64 {

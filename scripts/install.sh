@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs eskrun for the current user on Debian: uidmap (newuidmap/newgidmap, for images with
-# several users), Rust when missing, then eskrun itself into ~/.cargo/bin.
+# several users), passt and slirp4netns (outbound network of --network private), Rust when
+# missing, then eskrun itself into ~/.cargo/bin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/packages.sh

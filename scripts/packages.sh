@@ -1,9 +1,10 @@
 # Sourced by the set-up scripts: the Debian packages eskrun and its tests need, and how to get
 # them onto a fresh Debian 12 machine.
 
-# Running containers: newuidmap/newgidmap for subordinate id ranges; slirp4netns gives
-# `--network private` containers outbound connections where /dev/net/tun allows it.
-RUN_PACKAGES="uidmap slirp4netns"
+# Running containers: newuidmap/newgidmap for subordinate id ranges; pasta (package passt),
+# else slirp4netns, gives `--network private` containers outbound connections where
+# /dev/net/tun allows it.
+RUN_PACKAGES="uidmap passt slirp4netns"
 # Tests: the reference registry, static busybox for test images, htpasswd, openssl for the test
 # CA, iproute2 for network namespaces, util-linux for setpriv/unshare/script, procps for ps.
 TEST_PACKAGES="$RUN_PACKAGES docker-registry busybox-static apache2-utils openssl iproute2 util-linux procps ca-certificates git gcc libc6-dev pkg-config"

@@ -1,6 +1,7 @@
 //! Port publishing through eskrun's forwarder, against real servers (busybox, or this test
-//! binary's own helper modes) in real network namespaces. Runs as root, as CI does; one test
-//! runs the rootless shape as an unprivileged user inside its own user namespace.
+//! binary's own helper modes) in real network namespaces, and outbound connections through
+//! pasta or slirp4netns. Runs as root, as CI does; one test runs the rootless shape as an
+//! unprivileged user inside its own user namespace.
 
 mod common;
 
@@ -213,6 +214,7 @@ fn run_helper(mode: &str) {
             let _running = forwarder.serve(netns.into()).unwrap();
             std::thread::sleep(Duration::from_secs(600));
         }
+        Some(("outbound", addr)) => outbound_check(addr.parse().unwrap()),
         _ if mode == "rootless" => rootless_check(),
         _ => panic!("unknown helper mode {mode}"),
     }
@@ -677,4 +679,112 @@ fn created_netns_has_loopback_up_and_takes_forwarded_connections() {
     let response = http_get(addr);
     assert!(response.ends_with("joined"), "{response}");
     running.stop();
+}
+
+/// `name` as found on this process's PATH.
+fn installed(name: &str, package: &str) -> std::path::PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("this test needs {name}: install {package}"))
+}
+
+/// Outbound connections of a new namespace go through pasta when it is installed, else through
+/// slirp4netns, else nowhere, with the reason. Each case runs in a helper process (as root)
+/// whose PATH holds only the tools of that case.
+#[test]
+fn outbound_through_pasta_else_slirp4netns() {
+    let host = non_loopback_ipv4().expect("this test needs a global IPv4 address on the host");
+    let pasta = installed("pasta", "passt");
+    let slirp = installed("slirp4netns", "slirp4netns");
+    let cases = [
+        (vec![&pasta, &slirp], "outbound through pasta"),
+        (vec![&slirp], "outbound through slirp4netns"),
+        (
+            vec![],
+            "no outbound: neither pasta nor slirp4netns is installed",
+        ),
+    ];
+    for (tools, expected) in cases {
+        let bin = TempDir::new("outbound-path");
+        for tool in &tools {
+            std::os::unix::fs::symlink(tool, bin.join(tool.file_name().unwrap())).unwrap();
+        }
+        // On the host's own address, not a loopback one: the namespace reaches the host as
+        // another machine would.
+        let server = TcpListener::bind((host, 0)).unwrap();
+        let addr = server.local_addr().unwrap();
+        let reachable = !tools.is_empty();
+        let served = reachable.then(|| {
+            std::thread::spawn(move || {
+                let (conn, _) = server.accept().unwrap();
+                let mut line = String::new();
+                let mut reader = std::io::BufReader::new(&conn);
+                std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+                (&conn).write_all(b"in\n").unwrap();
+                line
+            })
+        });
+        let out = helper_command(&format!("outbound:{addr}"))
+            .env("PATH", &*bin)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains(expected), "{stdout}\n{stderr}");
+        if let Some(served) = served {
+            assert_eq!(served.join().unwrap(), "out\n");
+        }
+    }
+}
+
+/// The helper side of the test above: an outbound helper for a new namespace; a connection
+/// from the namespace to `addr` that gets an answer; the helper process gone with its
+/// `Outbound`.
+fn outbound_check(addr: SocketAddr) {
+    let netns = create_netns().unwrap();
+    let outbound = match eskrun::network::outbound::start(netns.as_fd(), true) {
+        Ok(outbound) => outbound,
+        Err(why) => return println!("no outbound: {why}"),
+    };
+    let children = std::fs::read_to_string("/proc/thread-self/children").unwrap();
+    let helper_pid = children
+        .split_whitespace()
+        .next()
+        .expect("a helper process");
+    let argv0 = std::fs::read(format!("/proc/{helper_pid}/cmdline")).unwrap();
+    let argv0 = String::from_utf8_lossy(argv0.split(|b| *b == 0).next().unwrap());
+    assert!(
+        argv0.ends_with(&format!("/{}", outbound.helper())),
+        "{argv0}"
+    );
+
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            // slirp4netns' layout whichever helper runs: default route via 10.0.2.2 on tap0.
+            let routes = std::fs::read_to_string("/proc/thread-self/net/route").unwrap();
+            assert!(
+                routes.lines().any(|l| l
+                    .split_whitespace()
+                    .take(3)
+                    .eq(["tap0", "00000000", "0202000A"])),
+                "{routes}"
+            );
+            let mut conn = TcpStream::connect_timeout(&addr, HANG_GUARD).unwrap();
+            conn.set_read_timeout(Some(HANG_GUARD)).unwrap();
+            conn.write_all(b"out\n").unwrap();
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer).unwrap();
+            assert_eq!(answer, "in\n");
+        });
+    });
+    let helper = outbound.helper();
+    drop(outbound);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{helper_pid}")).exists(),
+        "the helper outlived its Outbound"
+    );
+    println!("outbound through {helper}");
 }

@@ -2,7 +2,8 @@
 //! from the host, as root and as an unprivileged user: the host network for same-port
 //! mappings, eskrun's forwarder (`--network private`) for the rest. Needs root (to create the
 //! users), busybox-static (httpd, nc), util-linux (setpriv), a C compiler (a static UDP echo
-//! server), docker-registry (for `up`), and slirp4netns for the outbound check as root.
+//! server), docker-registry (for `up`), and pasta (package passt) for the outbound check as
+//! root.
 
 mod common;
 #[path = "common/rootless.rs"]
@@ -10,6 +11,7 @@ mod rootless;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -611,11 +613,13 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+/// "pasta" or "slirp4netns" when `pid` runs one of them (by its argv[0]: pasta runs as
+/// `passt.avx2` on many machines).
+fn outbound_helper(pid: u32) -> Option<&'static str> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let name = std::path::Path::new(std::ffi::OsStr::from_bytes(argv0)).file_name()?;
+    ["pasta", "slirp4netns"].into_iter().find(|h| name == *h)
 }
 
 /// Gone or a zombie.
@@ -651,11 +655,15 @@ fn killed_eskrun_leaves_no_listener_or_helper() {
         open.set_read_timeout(Some(HANG)).unwrap();
         open.write_all(b"x").unwrap();
         open.read_exact(&mut [0u8; 1]).unwrap();
-        // The container's init, and slirp4netns where it could start: no other process.
+        // The container's init, and pasta or slirp4netns where one could start: nothing else.
         let kids = children(run.child.id());
-        let (init, helpers): (Vec<u32>, Vec<u32>) =
-            kids.iter().partition(|p| comm(**p) != "slirp4netns");
+        let (helpers, init): (Vec<u32>, Vec<u32>) =
+            kids.iter().partition(|p| outbound_helper(**p).is_some());
         assert_eq!(init.len(), 1, "{who:?}: {kids:?}");
+        // /dev/net/tun is for root alone on this kind of host.
+        let expected: &[&str] = if who == Who::Root { &["pasta"] } else { &[] };
+        let names: Vec<_> = helpers.iter().filter_map(|p| outbound_helper(*p)).collect();
+        assert_eq!(names, expected, "{who:?}");
 
         run.child.kill().unwrap();
         run.child.wait().unwrap();
@@ -670,7 +678,7 @@ fn killed_eskrun_leaves_no_listener_or_helper() {
             while !ended(helper) {
                 assert!(
                     start.elapsed() < HANG,
-                    "{who:?}: slirp4netns outlived eskrun"
+                    "{who:?}: the outbound helper outlived eskrun"
                 );
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -815,7 +823,7 @@ fn up_publishes_the_exposed_ports() {
     }
 }
 
-/// This host's first global IPv4 address, reachable from slirp4netns' network.
+/// This host's first global IPv4 address, reachable from the network of pasta or slirp4netns.
 fn host_address() -> Option<String> {
     let out = Command::new("ip")
         .args(["-4", "-o", "addr", "show", "scope", "global"])
@@ -830,41 +838,56 @@ fn host_address() -> Option<String> {
 }
 
 #[test]
-fn outbound_through_slirp4netns_or_one_notice() {
+fn outbound_through_pasta_or_one_notice() {
     let Some(host) = host_address() else {
         panic!("this test needs a global IPv4 address on the host");
     };
-    let slirp = std::env::split_paths(&std::env::var_os("PATH").unwrap())
-        .any(|d| d.join("slirp4netns").is_file());
+    let pasta = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .any(|d| d.join("pasta").is_file());
+    assert!(pasta, "this test needs pasta: install passt");
     for who in WHO {
         let w = World::new(who);
         let img = busybox_image(&w);
         let server = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
         let port = server.local_addr().unwrap().port();
-        let script = format!("(echo out | nc {host} {port}) 2>/dev/null || echo unreachable");
-        let mut run = Running::spawn(
-            who,
-            w.run(
-                &img,
-                &["--rm", "--network", "private", "img", "sh", "-c", &script],
-            ),
-        );
         // /dev/net/tun is for root alone on this kind of host.
-        if who == Who::Root && slirp {
+        if who == Who::Root {
+            // The connection stays open until the test stops the container.
+            let client = serving(&format!("(echo out; sleep 600) | nc {host} {port}"));
+            let run = Running::spawn(
+                who,
+                w.run(
+                    &img,
+                    &["--rm", "--network", "private", "img", "sh", "-c", &client],
+                ),
+            );
             let (conn, _) = server.accept().unwrap();
             let mut line = String::new();
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(conn), &mut line).unwrap();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(&conn), &mut line).unwrap();
             assert_eq!(line, "out\n");
-            let (code, err) = run.finish();
+            let helpers: Vec<_> = children(run.child.id())
+                .into_iter()
+                .filter_map(outbound_helper)
+                .collect();
+            assert_eq!(helpers, ["pasta"]);
+            let (code, err) = run.stop();
             assert_eq!((code, err.as_str()), (Some(0), ""), "{who:?}");
         } else {
+            let script = format!("(echo out | nc {host} {port}) 2>/dev/null || echo unreachable");
+            let mut run = Running::spawn(
+                who,
+                w.run(
+                    &img,
+                    &["--rm", "--network", "private", "img", "sh", "-c", &script],
+                ),
+            );
             let (code, err) = run.finish();
             assert_eq!(code, Some(0), "{who:?}: {err}");
             server.set_nonblocking(true).unwrap();
             assert!(server.accept().is_err(), "{who:?}: the container got out");
             assert_eq!(err.lines().count(), 1, "{who:?}: {err}");
             assert!(
-                err.starts_with("eskrun: this container has no outbound network (")
+                err.starts_with("eskrun: this container has no outbound network (pasta and slirp4netns cannot open /dev/net/tun (")
                     && err.trim_end().ends_with("): use --network host for that"),
                 "{who:?}: {err}"
             );

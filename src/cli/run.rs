@@ -14,8 +14,8 @@ enum NetworkArg {
     Host,
     /// Loopback only.
     None,
-    /// Own network namespace; -p ports forwarded by eskrun, outbound through slirp4netns
-    /// where it can run.
+    /// Own network namespace; -p ports forwarded by eskrun, outbound through pasta or
+    /// slirp4netns where one can run.
     Private,
 }
 

@@ -9,6 +9,7 @@
 //! Stopping closes a pipe that every poll loop watches and shuts down every TCP socket.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -21,6 +22,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::SigSet;
+use nix::sys::socket::{setsockopt, sockopt::TcpCongestion};
 use nix::unistd::pipe2;
 use tracing::{debug, warn};
 
@@ -41,6 +43,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const THREAD_STACK: usize = 128 * 1024;
 /// Bytes in flight per direction; larger pipes than the default 64 KiB raise throughput.
 const PIPE_SIZE: usize = 256 * 1024;
+/// Congestion control of the connection inside the container's namespace. It never leaves
+/// that namespace's loopback, where BBR (a common host default, which new namespaces inherit)
+/// only adds pacing timers: with cubic, bench/forward.sh moves 9-12% more.
+const INNER_CONGESTION: &str = "cubic";
 
 /// Host listeners for a set of port mappings, bound but not yet served.
 pub struct Forwarder {
@@ -419,6 +425,9 @@ fn relay_connection(client: TcpStream, port: u16, guard: &ConnectionGuard) {
     // Interactive protocols (a notebook's websocket) must not wait for Nagle.
     let _ = client.set_nodelay(true);
     let _ = inner.set_nodelay(true);
+    // Best effort: a kernel without cubic keeps the namespace's default. (The client's side
+    // may cross a real network: it keeps the host's choice.)
+    let _ = setsockopt(&inner, TcpCongestion, &OsString::from(INNER_CONGESTION));
     let back = client.try_clone().and_then(|client_back| {
         let inner_back = inner.try_clone()?;
         thread::Builder::new()

@@ -14,8 +14,8 @@
 //! [`RunningForwarder::stop`] (or dropping it) closes listeners and connections when the
 //! container exits. For `--network host`, [`check_free`] gives the same early error.
 //!
-//! Outbound connections from such a namespace go through slirp4netns where it can run
-//! ([`outbound`]); elsewhere the container has none.
+//! Outbound connections from such a namespace go through pasta or slirp4netns where one can
+//! run ([`outbound`]); elsewhere the container has none.
 //!
 //! A new network namespace has `lo` down: [`create_netns`] makes one with `lo` up for the
 //! container to join, or [`bring_loopback_up`] fixes the container's own.

@@ -96,7 +96,12 @@ pub fn run(mut req: Request) -> Result<i32> {
     let ports = Ports::bind(req.options.network, &req.publish, !stale.is_empty())?;
     userns::enter(&identity)?;
     stale::finish(stale, &lc_root);
-    let net = ports.into_net(req.options.network, &req.publish, switched)?;
+    let net = ports.into_net(
+        req.options.network,
+        &req.publish,
+        switched,
+        !identity.is_rootless(),
+    )?;
 
     let path = containers.join(&name);
     let dir = ContainerDir::create_and_lock(&path)?.with_context(|| {
@@ -309,7 +314,7 @@ fn choose_network(req: &mut Request) -> Result<Option<PortMapping>> {
 
 /// The container's network when it is not the host's: a namespace made by eskrun with `lo`
 /// up (the container's own is out of reach before it execs), the forwarder of `-p` ports and
-/// slirp4netns for outbound connections where it can run.
+/// pasta or slirp4netns for outbound connections where one can run.
 struct Net {
     netns: Option<std::os::fd::OwnedFd>,
     forwarder: Option<crate::network::Forwarder>,
@@ -357,12 +362,13 @@ impl Ports {
 
     /// Makes the container's network namespace (in eskrun's user namespace, so after entering
     /// it) and says in one line what that network is when it is not what was asked for
-    /// (`switched`) or has no way out.
+    /// (`switched`) or has no way out. `real_root`: eskrun has no user namespace of its own.
     fn into_net(
         self,
         network: Network,
         publish: &[PortMapping],
         switched: Option<PortMapping>,
+        real_root: bool,
     ) -> Result<Net> {
         let forwarder = match (network, self) {
             (Network::Host, _) => {
@@ -383,14 +389,14 @@ impl Ports {
                 outbound: None,
             });
         }
-        let outbound = outbound::start(netns.as_fd());
+        let outbound = outbound::start(netns.as_fd(), real_root);
         let ports = if publish.is_empty() {
             ""
         } else {
             ", ports forwarded by eskrun"
         };
         match (&switched, &outbound) {
-            (Some(m), Ok(_)) => eprintln!("eskrun: the host's network cannot publish {m}, so this container gets its own (--network private{ports}, outbound through slirp4netns)"),
+            (Some(m), Ok(o)) => eprintln!("eskrun: the host's network cannot publish {m}, so this container gets its own (--network private{ports}, outbound through {})", o.helper()),
             (Some(m), Err(why)) => eprintln!("eskrun: the host's network cannot publish {m}, so this container gets its own (--network private{ports}) without outbound connections ({why}); publish -p {p}:{p} to keep the host's network", p = m.container_port),
             (None, Err(why)) => eprintln!("eskrun: this container has no outbound network ({why}): use --network host for that"),
             (None, Ok(_)) => {}
@@ -424,20 +430,20 @@ fn start_failure(error: &str, command: &str) -> Result<i32> {
 
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf for the container, as Docker provides them:
 /// the host's hosts and resolv.conf with the host network, a minimal hosts file otherwise, and
-/// slirp4netns' DNS forwarder when it gives the container its network (the host's servers may
-/// be on its loopback, out of the container's reach).
+/// the DNS forwarder of pasta or slirp4netns when one gives the container its network (the
+/// host's servers may be on its loopback, out of the container's reach).
 fn write_etc_files(
     dir: &Path,
     hostname: &str,
     network: Network,
-    slirp: bool,
+    has_outbound: bool,
 ) -> Result<Vec<(PathBuf, &'static str)>> {
     let hosts = match network {
         Network::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
         _ => format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
     };
-    let resolv = if slirp {
-        format!("nameserver {}\n", outbound::SLIRP_DNS)
+    let resolv = if has_outbound {
+        format!("nameserver {}\n", outbound::DNS)
     } else {
         std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
     };
