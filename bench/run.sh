@@ -19,7 +19,7 @@ work=$(mktemp -d /var/tmp/eskrun-runbench.XXXXXX)
 chmod 755 "$work"
 cleanup() {
   kill "$REGISTRY_PID" 2>/dev/null || true
-  grep -F "$work" /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r umount -l
+  { grep -F "$work" /proc/mounts || true; } | cut -d' ' -f2 | sort -r | xargs -r umount -l
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -44,6 +44,9 @@ for user in eskrun-bench eskrun-bench-sub; do
   id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$user"
 done
 grep -q '^eskrun-bench-sub:' /etc/subuid || usermod --add-subuids 400000-465535 --add-subgids 400000-465535 eskrun-bench-sub
+# useradd gives new users a subordinate range where login.defs says so (Debian 12 does): the
+# one-id user must have none.
+sed -i '/^eskrun-bench:/d' /etc/subuid /etc/subgid
 
 # The command line that runs eskrun as USER with its own directories under $work (no shell,
 # so hyperfine times eskrun, setpriv and env only).

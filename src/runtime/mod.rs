@@ -188,7 +188,7 @@ fn run_in(
     net: Net,
 ) -> Result<i32> {
     let p = |s: &str| dir.path.join(s);
-    for d in ["upper", "work", "rootfs", "empty"] {
+    for d in ["upper", "work", "rootfs"] {
         fs_err::create_dir_all(p(d))?;
     }
     if let Err(e) = rootfs::mount_overlay(

@@ -16,8 +16,10 @@ pub fn mount_overlay(
     empty: &Path,
     target: &Path,
 ) -> Result<()> {
-    // An image without layers still needs one lower directory.
+    // An image without layers still needs one lower directory (made only then: every
+    // directory is one more to remove when the container goes).
     let lowers: Vec<&Path> = if layers.is_empty() {
+        fs_err::create_dir_all(empty)?;
         vec![empty]
     } else {
         layers.iter().rev().map(PathBuf::as_path).collect()
