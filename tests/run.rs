@@ -42,6 +42,22 @@ fn wait_for_line(child: &mut Child, want: &str) -> BufReader<std::process::Child
     }
 }
 
+/// Starts `eskrun run ARGS img sh -c "echo ready; exec sleep 1000"` and waits until the
+/// container says it is ready. Returns eskrun, its stdout (kept open) and the container's init.
+fn start_sleeper(
+    w: &World,
+    img: &std::path::Path,
+    args: &[&str],
+) -> (Child, BufReader<std::process::ChildStdout>, i32) {
+    let mut full = args.to_vec();
+    full.extend(["img", "sh", "-c", "echo ready; exec sleep 1000"]);
+    let mut child = w.run(img, &full).stdout(Stdio::piped()).spawn().unwrap();
+    let out = wait_for_line(&mut child, "ready");
+    let init = children(child.id());
+    assert_eq!(init.len(), 1, "{:?}: eskrun's children {init:?}", w.who);
+    (child, out, init[0])
+}
+
 fn children(pid: u32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
@@ -76,19 +92,9 @@ fn killed_by_signal_gives_128_plus_n() {
     for who in ALL {
         let w = World::new(who);
         let img = sh_image(&w);
-        let mut child = w
-            .run(
-                &img,
-                &["--rm", "img", "sh", "-c", "echo ready; exec sleep 1000"],
-            )
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _out = wait_for_line(&mut child, "ready");
-        let init = children(child.id());
-        assert_eq!(init.len(), 1, "{who:?}: eskrun's children {init:?}");
+        let (mut child, _out, init) = start_sleeper(&w, &img, &["--rm"]);
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(init[0]),
+            nix::unistd::Pid::from_raw(init),
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
@@ -268,22 +274,7 @@ fn ps_lists_containers_and_rm_removes_stopped_ones() {
             serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
         json.as_object_mut().unwrap().remove("image").unwrap();
         std::fs::write(&record, serde_json::to_vec(&json).unwrap()).unwrap();
-        let mut live = w
-            .run(
-                &img,
-                &[
-                    "--name",
-                    "live",
-                    "img",
-                    "sh",
-                    "-c",
-                    "echo ready; exec sleep 1000",
-                ],
-            )
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _out = wait_for_line(&mut live, "ready");
+        let (mut live, _out, live_init) = start_sleeper(&w, &img, &["--name", "live"]);
         assert_eq!(
             ps(&w),
             [
@@ -308,34 +299,15 @@ fn ps_lists_containers_and_rm_removes_stopped_ones() {
         assert!(w.path("state/containers/live/upper").is_dir(), "{who:?}");
 
         // Once it has ended it is stopped, and goes too.
-        let init = children(live.id());
-        assert_eq!(init.len(), 1, "{who:?}");
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(init[0]),
+            nix::unistd::Pid::from_raw(live_init),
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
         assert_eq!(live.wait().unwrap().code(), Some(137), "{who:?}");
         // One whose eskrun was killed holds no lock: stopped, though its init still runs
         // until `rm` (like any eskrun) cleans it up.
-        let mut orphan = w
-            .run(
-                &img,
-                &[
-                    "--name",
-                    "orphan",
-                    "img",
-                    "sh",
-                    "-c",
-                    "echo ready; exec sleep 1000",
-                ],
-            )
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _out = wait_for_line(&mut orphan, "ready");
-        let orphan_init = children(orphan.id());
-        assert_eq!(orphan_init.len(), 1, "{who:?}");
+        let (mut orphan, _out, orphan_init) = start_sleeper(&w, &img, &["--name", "orphan"]);
         orphan.kill().unwrap();
         orphan.wait().unwrap();
         assert_eq!(
@@ -353,7 +325,7 @@ fn ps_lists_containers_and_rm_removes_stopped_ones() {
             (0, "live\nold\norphan\n"),
             "{who:?}: {err}"
         );
-        let gone = std::fs::read_to_string(format!("/proc/{}/stat", orphan_init[0]))
+        let gone = std::fs::read_to_string(format!("/proc/{}/stat", orphan_init))
             .map_or(true, |s| s.contains(") Z "));
         assert!(gone, "{who:?}: the orphan's init still runs");
         assert_eq!(ps(&w), [vec!["NAME", "STATUS", "IMAGE"]], "{who:?}");
@@ -712,36 +684,26 @@ fn a_killed_eskrun_is_cleaned_up_by_the_next_one() {
         let w = World::new(who);
         let img = sh_image(&w);
         let name = format!("stale-{}", std::process::id());
-        let mut child = w
-            .run(
-                &img,
-                &[
-                    "--userns",
-                    userns.trim_start_matches("--userns="),
-                    "--rm",
-                    "--name",
-                    &name,
-                    "img",
-                    "sh",
-                    "-c",
-                    "echo ready; exec sleep 1000",
-                ],
-            )
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _out = wait_for_line(&mut child, "ready");
-        let init = children(child.id());
-        assert_eq!(init.len(), 1, "{who:?}");
+        let (mut child, _out, init) = start_sleeper(
+            &w,
+            &img,
+            &[
+                "--userns",
+                userns.trim_start_matches("--userns="),
+                "--rm",
+                "--name",
+                &name,
+            ],
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(
-            std::path::Path::new(&format!("/proc/{}", init[0])).exists(),
+            std::path::Path::new(&format!("/proc/{init}")).exists(),
             "the container should outlive eskrun"
         );
         let (code, _, err) = output(w.run(&img, &["--rm", "img", "true"]));
         assert_eq!(code, 0, "{who:?}: {err}");
-        let gone = std::fs::read_to_string(format!("/proc/{}/stat", init[0]))
+        let gone = std::fs::read_to_string(format!("/proc/{init}/stat"))
             .map_or(true, |s| s.contains(") Z "));
         assert!(gone, "{who:?}: the stale container's init still runs");
         assert!(!w.path("state/containers").join(&name).exists(), "{who:?}");
@@ -1194,10 +1156,7 @@ fn resource_limits_as_root_and_a_clear_refusal_rootless() {
     let limits = ["--memory", "64m", "--cpus", "0.5", "--pids-limit", "50"];
     let mut args = vec!["--rm"];
     args.extend(limits);
-    args.extend(["img", "sh", "-c", "echo ready; exec sleep 1000"]);
-    let mut child = w.run(&img, &args).stdout(Stdio::piped()).spawn().unwrap();
-    let _out = wait_for_line(&mut child, "ready");
-    let init = children(child.id())[0];
+    let (mut child, _out, init) = start_sleeper(&w, &img, &args);
     let cgroups = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();
     let path = |controller: &str| {
         let line = cgroups
