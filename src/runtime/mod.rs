@@ -131,8 +131,6 @@ pub fn run(mut req: Request) -> Result<i32> {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
     }
-    // The mount namespace dies with eskrun, but the directory cannot be removed through it.
-    let _ = nix::mount::umount2(&dir.path.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
     stale::delete_state(&lc_root.join(&id));
     // A container that never started leaves nothing either, unless `up` keeps its layer.
     if req.remove || (!started && !req.reuse) {
@@ -188,27 +186,31 @@ fn run_in(
     net: Net,
 ) -> Result<i32> {
     let p = |s: &str| dir.path.join(s);
-    for d in ["upper", "work", "rootfs"] {
+    for d in ["upper", "work"] {
         fs_err::create_dir_all(p(d))?;
     }
+    let scratch = rootfs::scratch()?;
+    let mut root = scratch.join("rootfs");
     if let Err(e) = rootfs::mount_overlay(
         &req.layers,
         &p("upper"),
         &p("work"),
-        &p("empty"),
-        &p("rootfs"),
+        &scratch.join("empty"),
+        &root,
     ) {
         eprintln!("eskrun: {e:#}: copying the image's layers instead, which is slower and takes space for each container");
-        // `up` keeps a copied root like a writable layer.
+        // On disk, not in memory; `up` keeps a copied root like a writable layer.
+        root = p("rootfs");
         if !p("rootfs.copied").exists() {
-            rootfs::copy_layers(&req.layers, &p("rootfs"))?;
+            fs_err::create_dir_all(&root)?;
+            rootfs::copy_layers(&req.layers, &root)?;
             fs_err::write(p("rootfs.copied"), "")?;
         }
     }
-    rootfs::ensure_dir(&p("rootfs"), &plan.cwd)?;
+    rootfs::ensure_dir(&root, &plan.cwd)?;
 
     let etc_files = write_etc_files(
-        &dir.path,
+        &scratch,
         &plan.hostname,
         req.options.network,
         net.outbound.is_some(),
@@ -220,7 +222,7 @@ fn run_in(
             rootless: identity.is_rootless(),
             can_setgroups: identity.can_setgroups(),
             mapped_gids: identity.mapped_gids(),
-            rootfs: &p("rootfs"),
+            rootfs: &root,
             cgroups_path: format!("/eskrun/{}", record.id),
             netns: net
                 .netns
@@ -229,7 +231,7 @@ fn run_in(
             etc_files: &etc_files,
         },
     )?;
-    oci.save(p("config.json"))
+    oci.save(scratch.join("config.json"))
         .context("writing the container's config.json")?;
 
     let tty = req.options.tty;
@@ -237,7 +239,7 @@ fn run_in(
         .with_root_path(lc_root)
         .context("libcontainer's state directory")?;
     let console = if tty {
-        let (socket, path) = io::ConsoleSocket::bind(&dir.path)?;
+        let (socket, path) = io::ConsoleSocket::bind(&scratch)?;
         builder = builder.with_console_socket(Some(path));
         Some(socket)
     } else {
@@ -249,7 +251,7 @@ fn run_in(
         None
     };
     let container = builder
-        .as_init(&dir.path)
+        .as_init(&scratch)
         .with_systemd(false)
         .with_detach(tty)
         .build();
