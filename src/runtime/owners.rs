@@ -73,7 +73,7 @@ fn make(tree: &Path, owned: &Path, meta: &LayerMeta) -> Result<()> {
         .collect();
     let copied = copy_owned(tree, &tmp, &owners)
         .map_err(anyhow::Error::from)
-        .and_then(|_| match std::fs::rename(&tmp, owned) {
+        .and_then(|()| match std::fs::rename(&tmp, owned) {
             Err(_) if owned.is_dir() => remove_layer_dir(&tmp).map_err(Into::into),
             other => other.map_err(Into::into),
         });

@@ -38,8 +38,7 @@ pub fn mount_overlay(
     empty: &Path,
     target: &Path,
 ) -> Result<()> {
-    // An image without layers still needs one lower directory (made only then: every
-    // directory is one more to remove when the container goes).
+    // An image without layers still needs one lower directory.
     let lowers: Vec<&Path> = if layers.is_empty() {
         fs_err::create_dir_all(empty)?;
         vec![empty]

@@ -29,25 +29,22 @@ use super::fsutil::{file_type, lstat_at, open_child_dir, open_dir, Step};
 pub type Owners = HashMap<String, (u32, u32)>;
 
 /// Copies the tree `from` into the empty directory `to`, owning each entry as `owners` says,
-/// keeping modes, xattrs, mtimes and hard links. Returns the bytes of file content copied.
-pub fn copy_owned(from: &Path, to: &Path, owners: &Owners) -> io::Result<u64> {
+/// keeping modes, xattrs, mtimes and hard links.
+pub fn copy_owned(from: &Path, to: &Path, owners: &Owners) -> io::Result<()> {
     let mut copier = Copier {
         owners,
         linked: HashMap::new(),
-        bytes: 0,
         to_root: open_dir(to)?,
     };
-    let (src, dst) = (open_dir(from)?, open_dir(to)?);
+    let (src, dst) = (open_dir(from)?, copier.to_root.try_clone()?);
     copier.dir(&src, &dst, from, Path::new(""))?;
-    copier.finish_dir(&dst, OsStr::new("."), "", &src)?;
-    Ok(copier.bytes)
+    copier.finish_dir(&dst, OsStr::new("."), "", &src)
 }
 
 struct Copier<'a> {
     owners: &'a Owners,
     /// Files with more than one link: (dev, ino) of the source to the first copy's path.
     linked: HashMap<(u64, u64), PathBuf>,
-    bytes: u64,
     to_root: File,
 }
 
@@ -95,9 +92,6 @@ impl Copier<'_> {
                     continue;
                 }
                 self.linked.insert(key, child_rel.clone());
-            }
-            if file_type(&stat) == SFlag::S_IFREG {
-                self.bytes += stat.st_size as u64;
             }
             let source = Source {
                 dir: src.try_clone()?,
