@@ -246,7 +246,71 @@ fn rm_leaves_nothing_and_named_containers_stay() {
         let (code, _, err) = output(w.run(&img, &["--name", &name, "img", "true"]));
         assert_eq!(code, 125, "{who:?}");
         assert!(err.contains("already exists"), "{err}");
-        assert!(!w.libcontainer_root().join(&name).exists());
+    }
+}
+
+#[test]
+fn the_writable_layer_holds_only_what_the_container_writes() {
+    // The test image has no /proc, /dev, /sys, /etc/hosts, /etc/hostname or /etc/resolv.conf:
+    // their mount points must not be made in the writable layer (a copy of /etc there costs
+    // every start disk work and would hide the image's /etc from a kept container), and /etc
+    // must still look as the image has it.
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        let name = format!("clean-{}", std::process::id());
+        let etc = std::fs::metadata(w.layers[1].join("etc")).unwrap();
+        let script =
+            "stat -c '%a %Y' /etc; cat /etc/hostname; ls -d /dev/null /proc/self /sys/kernel";
+        let (code, out, err) = output(w.run(
+            &img,
+            &[
+                "--name",
+                &name,
+                "--hostname",
+                "h1",
+                "img",
+                "sh",
+                "-c",
+                script,
+            ],
+        ));
+        assert_eq!(code, 0, "{who:?}: {err}");
+        assert_eq!(
+            out,
+            format!(
+                "{:o} {}\nh1\n/dev/null\n/proc/self\n/sys/kernel\n",
+                etc.mode() & 0o7777,
+                etc.mtime()
+            ),
+            "{who:?}"
+        );
+        let dir = w.path("state/containers").join(&name);
+        let upper: Vec<_> = std::fs::read_dir(dir.join("upper"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            upper.is_empty(),
+            "{who:?}: the writable layer holds {upper:?}"
+        );
+        // A kept writable layer is mounted again by the next `up`: overlayfs refuses a work
+        // directory left by a `volatile` mount, which only `--rm` containers may use.
+        assert!(!dir.join("work/work/incompat").exists(), "{who:?}");
+        let (mut child, _out, init) = start_sleeper(&w, &img, &["--rm", "--name", "gone"]);
+        let volatile = w
+            .path("state/containers/gone/work/work/incompat/volatile")
+            .exists();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(init),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(137), "{who:?}");
+        assert!(
+            volatile,
+            "{who:?}: a --rm container's overlay is not volatile"
+        );
     }
 }
 
@@ -695,6 +759,27 @@ fn a_killed_eskrun_is_cleaned_up_by_the_next_one() {
                 &name,
             ],
         );
+        // As real root the container has cgroups of its own (`/eskrun/<id>` under each v1
+        // controller or the v2 root), which the clean-up must remove.
+        let record = std::fs::read(
+            w.path("state/containers")
+                .join(&name)
+                .join("container.json"),
+        );
+        let id = serde_json::from_slice::<serde_json::Value>(&record.unwrap()).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let cgroups = || -> Vec<std::path::PathBuf> {
+            let mut dirs = vec![std::path::PathBuf::from("/sys/fs/cgroup/eskrun").join(&id)];
+            for c in std::fs::read_dir("/sys/fs/cgroup").unwrap() {
+                dirs.push(c.unwrap().path().join("eskrun").join(&id));
+            }
+            dirs.into_iter().filter(|d| d.is_dir()).collect()
+        };
+        if who == Who::Root {
+            assert!(!cgroups().is_empty(), "no cgroup for container {id}");
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(
@@ -706,6 +791,7 @@ fn a_killed_eskrun_is_cleaned_up_by_the_next_one() {
         let gone = std::fs::read_to_string(format!("/proc/{init}/stat"))
             .map_or(true, |s| s.contains(") Z "));
         assert!(gone, "{who:?}: the stale container's init still runs");
+        assert_eq!(cgroups(), Vec::<std::path::PathBuf>::new(), "{who:?}");
         assert!(!w.path("state/containers").join(&name).exists(), "{who:?}");
         assert_eq!(
             std::fs::read_dir(w.path("state/containers"))

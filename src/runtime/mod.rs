@@ -19,14 +19,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container as LcContainer;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::image::ImageConfiguration;
 
 use crate::network::{outbound, PortMapping};
 use crate::spec::{self, Network, RunOptions};
 pub use image::{cached, CachedImage, Lookup};
-pub use record::{layers_in_use, libcontainer_root, list, Container};
-use record::{start_time, ContainerDir, Record};
+pub use record::{layers_in_use, list, Container};
+use record::{ContainerDir, Record};
 pub use userns::UsernsMode;
 
 /// One container to run.
@@ -89,13 +90,11 @@ pub fn run(mut req: Request) -> Result<i32> {
 
     let containers = containers_dir();
     fs_err::create_dir_all(&containers)?;
-    // Before the user namespace: it decides by the host uid and checks ownership in host ids.
-    let lc_root = libcontainer_root()?;
     let stale = stale::find_and_kill(&containers);
     // Outside the user namespace, where /proc still lets eskrun name a busy port's holder.
     let ports = Ports::bind(req.options.network, &req.publish, !stale.is_empty())?;
     userns::enter(&identity)?;
-    stale::finish(stale, &lc_root);
+    stale::finish(stale);
     let net = ports.into_net(
         req.options.network,
         &req.publish,
@@ -103,6 +102,7 @@ pub fn run(mut req: Request) -> Result<i32> {
         !identity.is_rootless(),
     )?;
 
+    let scratch = rootfs::scratch()?;
     let path = containers.join(&name);
     let dir = ContainerDir::create_and_lock(&path)?.with_context(|| {
         format!("the container name {name:?} is in use by a running eskrun: choose another --name")
@@ -110,10 +110,9 @@ pub fn run(mut req: Request) -> Result<i32> {
     if dir.read()?.is_some() && !req.reuse {
         bail!("a container named {name:?} already exists: remove it with `eskrun down {name}` or choose another --name");
     }
-    let mut record = Record {
+    let record = Record {
         id: id.clone(),
         remove: req.remove,
-        init: None,
         layers: req.layers.clone(),
         image: Some(req.image_name.clone()),
     };
@@ -122,22 +121,20 @@ pub fn run(mut req: Request) -> Result<i32> {
     // The record keeps the pulled trees: they name the layers a container holds on to.
     let result = owners::owned_layers(&req.layers, &identity).and_then(|lowers| {
         req.layers = lowers;
-        run_in(&req, &plan, &identity, &dir, &mut record, &lc_root, net)
+        run_in(&req, &plan, &identity, &dir, &record, &scratch, net)
     });
-    let started = record.init.is_some();
-    if let (Err(_), Some((pid, _))) = (&result, record.init) {
+    let started = dir.started().is_some();
+    if let (Err(_), Some(pid)) = (&result, dir.started()) {
         // Built but never waited for: it is our child, so the pid is still its own.
-        let pid = nix::unistd::Pid::from_raw(pid);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
     }
-    stale::delete_state(&lc_root.join(&id));
+    delete_state(&scratch.join(LIBCONTAINER).join(&id));
     // A container that never started leaves nothing either, unless `up` keeps its layer.
     if req.remove || (!started && !req.reuse) {
         fs_err::remove_dir_all(&dir.path).context("removing the container")?;
     } else {
-        record.init = None;
-        dir.write(&record)?;
+        dir.clear_init()?;
     }
     result
 }
@@ -147,10 +144,9 @@ pub fn run(mut req: Request) -> Result<i32> {
 /// (missing, running) make one error naming them all.
 pub fn remove(names: &[String], mut removed: impl FnMut(&str)) -> Result<()> {
     let containers = containers_dir();
-    let lc_root = libcontainer_root()?;
     let stale = stale::find_and_kill(&containers);
     userns::enter_to_remove()?;
-    stale::finish(stale, &lc_root);
+    stale::finish(stale);
     let mut failed = Vec::new();
     for name in names {
         match remove_one(&containers, name) {
@@ -181,41 +177,22 @@ fn run_in(
     plan: &spec::Plan,
     identity: &userns::Identity,
     dir: &ContainerDir,
-    record: &mut Record,
-    lc_root: &Path,
+    record: &Record,
+    scratch: &Path,
     net: Net,
 ) -> Result<i32> {
     let p = |s: &str| dir.path.join(s);
     for d in ["upper", "work"] {
         fs_err::create_dir_all(p(d))?;
     }
-    let scratch = rootfs::scratch()?;
-    let mut root = scratch.join("rootfs");
-    if let Err(e) = rootfs::mount_overlay(
-        &req.layers,
-        &p("upper"),
-        &p("work"),
-        &scratch.join("empty"),
-        &root,
-    ) {
-        eprintln!("eskrun: {e:#}: copying the image's layers instead, which is slower and takes space for each container");
-        // On disk, not in memory; `up` keeps a copied root like a writable layer.
-        root = p("rootfs");
-        if !p("rootfs.copied").exists() {
-            fs_err::create_dir_all(&root)?;
-            rootfs::copy_layers(&req.layers, &root)?;
-            fs_err::write(p("rootfs.copied"), "")?;
-        }
-    }
-    rootfs::ensure_dir(&root, &plan.cwd)?;
-
     let etc_files = write_etc_files(
-        &scratch,
+        scratch,
         &plan.hostname,
         req.options.network,
         net.outbound.is_some(),
     )?;
-    let oci = spec::to_oci(
+    let mut root = scratch.join("rootfs");
+    let mut oci = spec::to_oci(
         plan,
         &req.options,
         &spec::Host {
@@ -231,15 +208,37 @@ fn run_in(
             etc_files: &etc_files,
         },
     )?;
+    let mut lowers = req.layers.clone();
+    lowers.push(rootfs::init_layer(
+        scratch,
+        &req.layers,
+        oci.mounts().as_deref().unwrap_or_default(),
+    )?);
+    // A `--rm` container's writable layer is thrown away: nothing in it is worth a sync of
+    // the disk (done at unmount otherwise).
+    if let Err(e) = rootfs::mount_overlay(&lowers, &p("upper"), &p("work"), req.remove, &root) {
+        eprintln!("eskrun: {e:#}: copying the image's layers instead, which is slower and takes space for each container");
+        // On disk, not in memory; `up` keeps a copied root like a writable layer.
+        root = p("rootfs");
+        if !p("rootfs.copied").exists() {
+            fs_err::create_dir_all(&root)?;
+            rootfs::copy_layers(&req.layers, &root)?;
+            fs_err::write(p("rootfs.copied"), "")?;
+        }
+        if let Some(r) = oci.root_mut() {
+            r.set_path(root.clone());
+        }
+    }
+    rootfs::ensure_dir(&root, &plan.cwd)?;
     oci.save(scratch.join("config.json"))
         .context("writing the container's config.json")?;
 
     let tty = req.options.tty;
     let mut builder = ContainerBuilder::new(record.id.clone(), SyscallType::default())
-        .with_root_path(lc_root)
+        .with_root_path(scratch.join(LIBCONTAINER))
         .context("libcontainer's state directory")?;
     let console = if tty {
-        let (socket, path) = io::ConsoleSocket::bind(&scratch)?;
+        let (socket, path) = io::ConsoleSocket::bind(scratch)?;
         builder = builder.with_console_socket(Some(path));
         Some(socket)
     } else {
@@ -251,7 +250,7 @@ fn run_in(
         None
     };
     let container = builder
-        .as_init(&scratch)
+        .as_init(scratch)
         .with_systemd(false)
         .with_detach(tty)
         .build();
@@ -263,8 +262,7 @@ fn run_in(
     let pid = container
         .pid()
         .context("libcontainer did not report the container's init")?;
-    record.init = start_time(pid.as_raw()).map(|t| (pid.as_raw(), t));
-    dir.write(record)?;
+    dir.set_init(pid)?;
 
     let master = console.map(io::ConsoleSocket::receive).transpose()?;
     if let Some(m) = &master {
@@ -289,6 +287,21 @@ fn run_in(
         f.stop();
     }
     code
+}
+
+/// libcontainer's state directory, under the scratch tmpfs: it goes with eskrun, so a killed
+/// eskrun leaves none of it behind, and writing and removing it costs no disk operations.
+const LIBCONTAINER: &str = "libcontainer";
+
+/// Deletes libcontainer's state of a container whose init is gone (and so its cgroups).
+fn delete_state(state: &Path) {
+    if !state.exists() {
+        return;
+    }
+    let deleted = LcContainer::load(state.to_path_buf()).and_then(|mut c| c.delete(true));
+    if let Err(e) = deleted {
+        tracing::debug!("libcontainer could not delete {}: {e}", state.display());
+    }
 }
 
 /// Moves a container to `--network private` when the host network (the default, `--network`

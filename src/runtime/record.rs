@@ -1,24 +1,26 @@
-//! A container's directory under `state_dir()/containers/<name>/`: its bundle (`config.json`,
-//! the `rootfs` mount point, /etc files), its writable layer (`upper`, `work`), `container.json`
-//! and `lock`, held by the eskrun that runs it. A container whose lock nobody holds and whose
-//! `container.json` exists was left by an eskrun that died.
+//! A container's directory under `state_dir()/containers/<name>/`: its writable layer
+//! (`upper`, `work`), `container.json`, `init` while it runs, and `lock`, held by the eskrun
+//! that runs it (the bundle and libcontainer's state are on that eskrun's scratch tmpfs). A
+//! container whose lock nobody holds and whose `container.json` exists was left by an eskrun
+//! that died.
+//!
+//! Each file is written once, under a new name: replacing a file makes ext4 write it out at
+//! once (and, on a disk mounted with `discard`, discard the old block when it goes), which
+//! cost every start a disk write and a discard.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 /// What `container.json` records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
-    /// libcontainer's id (its state lives under [`libcontainer_root`]).
+    /// libcontainer's id, also the name of its cgroup (`/eskrun/<id>`).
     pub id: String,
     /// `--rm`: everything goes when the container ends.
     pub remove: bool,
-    /// The running init: pid and start time (/proc/PID/stat field 22), so a recycled pid is
-    /// never taken for it.
-    pub init: Option<(i32, u64)>,
     /// The layer trees the container's root stacks, lowest first: `prune` and `rmi` keep
     /// them while the container exists.
     #[serde(default)]
@@ -32,6 +34,8 @@ pub struct Record {
 pub struct ContainerDir {
     pub path: PathBuf,
     _lock: Flock<std::fs::File>,
+    /// The init this eskrun started, once it has.
+    started: std::cell::Cell<Option<nix::unistd::Pid>>,
 }
 
 impl ContainerDir {
@@ -63,6 +67,7 @@ impl ContainerDir {
             Ok(lock) => Ok(Some(ContainerDir {
                 path: path.to_path_buf(),
                 _lock: lock,
+                started: std::cell::Cell::new(None),
             })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, e)) => Err(e).with_context(|| format!("locking {}", lock_path.display())),
@@ -81,6 +86,36 @@ impl ContainerDir {
         }
     }
 
+    /// The running init, as `set_init` recorded it (by whichever eskrun).
+    pub fn init(&self) -> Option<(i32, u64)> {
+        read_init(&self.path)
+    }
+
+    /// The init this eskrun started.
+    pub fn started(&self) -> Option<nix::unistd::Pid> {
+        self.started.get()
+    }
+
+    /// Records the running init: pid and start time (/proc/PID/stat field 22), so a recycled
+    /// pid is never taken for it.
+    pub fn set_init(&self, pid: nix::unistd::Pid) -> Result<()> {
+        self.started.set(Some(pid));
+        let Some(started) = start_time(pid.as_raw()) else {
+            return Ok(());
+        };
+        let tmp = self.path.join("init.tmp");
+        fs_err::write(&tmp, format!("{pid} {started}\n"))?;
+        fs_err::rename(&tmp, self.path.join("init"))?;
+        Ok(())
+    }
+
+    pub fn clear_init(&self) -> Result<()> {
+        match fs_err::remove_file(self.path.join("init")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     pub fn write(&self, record: &Record) -> Result<()> {
         let tmp = self.path.join("container.json.tmp");
         fs_err::write(&tmp, serde_json::to_vec(record)?)?;
@@ -89,29 +124,10 @@ impl ContainerDir {
     }
 }
 
-/// Where libcontainer keeps its state: `$XDG_RUNTIME_DIR/eskrun`, else `/run/eskrun` for
-/// root and `/tmp/eskrun-UID` (checked to be ours, mode 0700) for anyone else.
-pub fn libcontainer_root() -> Result<PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let uid = nix::unistd::getuid().as_raw();
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d).join("eskrun"),
-        None if uid == 0 => PathBuf::from("/run/eskrun"),
-        None => PathBuf::from(format!("/tmp/eskrun-{uid}")),
-    };
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
-    }
-    let meta = fs_err::symlink_metadata(&dir)?;
-    if !meta.is_dir() || meta.uid() != uid {
-        bail!(
-            "{} is not a directory owned by you: remove it or set XDG_RUNTIME_DIR",
-            dir.display()
-        );
-    }
-    Ok(dir)
+fn read_init(dir: &Path) -> Option<(i32, u64)> {
+    let text = std::fs::read_to_string(dir.join("init")).ok()?;
+    let (pid, started) = text.trim().split_once(' ')?;
+    Some((pid.parse().ok()?, started.parse().ok()?))
 }
 
 /// Start time of `pid` (clock ticks since boot), `None` when it is gone.
@@ -154,8 +170,7 @@ pub fn list() -> Result<Vec<Container>> {
             name: path
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-            running: record
-                .init
+            running: read_init(&path)
                 .is_some_and(|(pid, started)| start_time(pid) == Some(started))
                 // Held by its eskrun; taken here (and dropped at once) only when nobody does.
                 && matches!(ContainerDir::lock_existing(&path), Ok(None)),

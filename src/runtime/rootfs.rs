@@ -7,6 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use nix::mount::{mount, MsFlags};
+use oci_spec::runtime::Mount;
 
 /// A tmpfs for the container's short-lived files (the bundle's config.json, the /etc files,
 /// the console socket) and the mount point of its root, mounted over one fixed directory in
@@ -27,24 +28,121 @@ pub fn scratch() -> Result<PathBuf> {
     )
     .with_context(|| format!("mounting a tmpfs on {}", dir.display()))?;
     fs_err::create_dir(dir.join("rootfs"))?;
+    fs_err::create_dir(dir.join(super::LIBCONTAINER))?;
     Ok(dir)
 }
 
+/// Docker's "init layer": the mount points of the container's mounts that the image lacks,
+/// made on the scratch tmpfs and stacked read-only above the image. libcontainer would
+/// otherwise create them in the writable layer (copying /etc up for /etc/hosts), and every
+/// start and removal would pay for those directories on disk. A directory on the way that
+/// the image has keeps its mode, owner and times; a mount point behind a symlink or file
+/// in the image is left to libcontainer, which resolves it inside the container.
+pub fn init_layer(scratch: &Path, layers: &[PathBuf], mounts: &[Mount]) -> Result<PathBuf> {
+    let init = scratch.join("init");
+    fs_err::create_dir(&init)?;
+    let mut done: Vec<&Path> = Vec::new();
+    // Directories that take the image's times, set once their entries are made.
+    let mut mirrored = Vec::new();
+    for m in mounts {
+        let dst = m.destination();
+        // Inside an earlier mount, not in the root.
+        if done.iter().any(|d| dst.starts_with(d)) {
+            continue;
+        }
+        done.push(dst);
+        let file =
+            m.typ().as_deref() == Some("bind") && m.source().as_ref().is_some_and(|s| !s.is_dir());
+        add_mount_point(&init, layers, dst, file, &mut mirrored)?;
+    }
+    for (dir, meta) in mirrored {
+        use std::os::unix::fs::MetadataExt;
+        let time = |s, ns| nix::sys::time::TimeSpec::new(s, ns);
+        let _ = nix::sys::stat::utimensat(
+            None,
+            &dir,
+            &time(meta.atime(), meta.atime_nsec()),
+            &time(meta.mtime(), meta.mtime_nsec()),
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        );
+    }
+    Ok(init)
+}
+
+fn add_mount_point(
+    init: &Path,
+    layers: &[PathBuf],
+    dst: &Path,
+    file: bool,
+    mirrored: &mut Vec<(PathBuf, std::fs::Metadata)>,
+) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let mut rel = PathBuf::new();
+    let mut steps = Vec::new();
+    for comp in dst.components() {
+        if let Component::Normal(c) = comp {
+            rel.push(c);
+            let in_image =
+                crate::spec::image_entry(layers, &rel.to_string_lossy())?.map(|(_, m)| m);
+            steps.push((rel.clone(), in_image));
+        }
+    }
+    let Some(((_, leaf), parents)) = steps.split_last() else {
+        return Ok(());
+    };
+    // The image has it, or it lies behind a symlink or a file of the image.
+    if leaf.is_some()
+        || parents
+            .iter()
+            .any(|(_, m)| m.as_ref().is_some_and(|m| !m.is_dir()))
+    {
+        return Ok(());
+    }
+    for (rel, in_image) in parents {
+        let at = init.join(rel);
+        if at.exists() {
+            continue;
+        }
+        match in_image {
+            Some(meta) => {
+                fs_err::create_dir(&at)?;
+                // As the image has it; the ids exist unless the mapping lacks them.
+                let _ = std::os::unix::fs::lchown(&at, Some(meta.uid()), Some(meta.gid()));
+                fs_err::set_permissions(
+                    &at,
+                    std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+                )?;
+                mirrored.push((at, meta.clone()));
+            }
+            None => std::fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&at)
+                .with_context(|| format!("creating {}", at.display()))?,
+        }
+    }
+    let at = init.join(&rel);
+    if file {
+        fs_err::File::create(&at)?;
+    } else if !at.exists() {
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&at)
+            .with_context(|| format!("creating {}", at.display()))?;
+    }
+    Ok(())
+}
+
 /// Mounts `layers` (lowest first) at `target` with `upper`/`work` as the writable part.
+/// `volatile`: the writable part is thrown away afterwards, so overlayfs may skip every sync
+/// of it (Linux 5.10; where it is refused, the mount is made without).
 pub fn mount_overlay(
     layers: &[PathBuf],
     upper: &Path,
     work: &Path,
-    empty: &Path,
+    volatile: bool,
     target: &Path,
 ) -> Result<()> {
-    // An image without layers still needs one lower directory.
-    let lowers: Vec<&Path> = if layers.is_empty() {
-        fs_err::create_dir_all(empty)?;
-        vec![empty]
-    } else {
-        layers.iter().rev().map(PathBuf::as_path).collect()
-    };
+    let lowers: Vec<&Path> = layers.iter().rev().map(PathBuf::as_path).collect();
     for dir in &lowers {
         if dir
             .as_os_str()
@@ -63,26 +161,37 @@ pub fn mount_overlay(
         .map(|p| p.to_string_lossy())
         .collect::<Vec<_>>()
         .join(":");
-    let data = format!(
-        "lowerdir={lowerdir},upperdir={},workdir={},userxattr",
-        upper.display(),
-        work.display()
-    );
-    // mount(2) options must fit in one page; many layers are given one by one instead.
-    let mounted = if data.len() < PAGE_LIMIT {
-        mount(
-            Some("overlay"),
-            target,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(data.as_str()),
-        )
+    let mount_with = |flags: &[&str]| {
+        let data = format!(
+            "lowerdir={lowerdir},upperdir={},workdir={},{}",
+            upper.display(),
+            work.display(),
+            flags.join(",")
+        );
+        // mount(2) options must fit in one page; many layers are given one by one instead.
+        if data.len() < PAGE_LIMIT {
+            mount(
+                Some("overlay"),
+                target,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(data.as_str()),
+            )
+        } else {
+            mount_layer_by_layer(&lowers, upper, work, flags, target)
+        }
+    };
+    let mounted = match mount_with(if volatile {
+        &["userxattr", "volatile"]
     } else {
-        mount_layer_by_layer(&lowers, upper, work, target)
+        &["userxattr"]
+    }) {
+        Err(nix::errno::Errno::EINVAL) if volatile => mount_with(&["userxattr"]),
+        result => result,
     };
     mounted.with_context(|| {
         format!(
-            "mounting the image's {} layers as an overlay on {} (overlayfs in a user namespace needs Linux 5.11 or later, more than about 50 layers Linux 6.8)",
+            "mounting the image's layers ({} directories) as an overlay on {} (overlayfs in a user namespace needs Linux 5.11 or later, more than about 50 layers Linux 6.8)",
             lowers.len(),
             target.display()
         )
@@ -95,6 +204,7 @@ fn mount_layer_by_layer(
     lowers: &[&Path],
     upper: &Path,
     work: &Path,
+    flags: &[&str],
     target: &Path,
 ) -> nix::Result<()> {
     use nix::libc;
@@ -137,15 +247,17 @@ fn mount_layer_by_layer(
         }
         set("upperdir", upper)?;
         set("workdir", work)?;
-        let flag = cstr(b"userxattr")?;
-        check(libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            0 as libc::c_uint,
-            flag.as_ptr(),
-            std::ptr::null::<u8>(),
-            0,
-        ))?;
+        for flag in flags {
+            let flag = cstr(flag.as_bytes())?;
+            check(libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                0 as libc::c_uint,
+                flag.as_ptr(),
+                std::ptr::null::<u8>(),
+                0,
+            ))?;
+        }
         check(libc::syscall(
             libc::SYS_fsconfig,
             fs.as_raw_fd(),
@@ -266,6 +378,81 @@ pub fn ensure_dir(rootfs: &Path, dir: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_init_layer_holds_only_missing_mount_points() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let (image, scratch) = (d.path().join("image"), d.path().join("scratch"));
+        for dir in ["image/proc", "image/etc", "image/var", "scratch"] {
+            fs_err::create_dir_all(d.path().join(dir)).unwrap();
+        }
+        fs_err::write(image.join("etc/hosts"), "image's").unwrap();
+        fs_err::set_permissions(image.join("etc"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::os::unix::fs::symlink("/somewhere", image.join("var/run")).unwrap();
+        let source = d.path().join("resolv.conf");
+        fs_err::write(&source, "").unwrap();
+        let mount = |dst: &str, typ: &str, src: &Path| {
+            oci_spec::runtime::MountBuilder::default()
+                .destination(dst)
+                .typ(typ)
+                .source(src)
+                .build()
+                .unwrap()
+        };
+        let mounts = [
+            mount("/proc", "proc", Path::new("proc")),
+            mount("/dev", "tmpfs", Path::new("tmpfs")),
+            mount("/dev/pts", "devpts", Path::new("devpts")),
+            mount("/etc/hosts", "bind", &source),
+            mount("/etc/resolv.conf", "bind", &source),
+            mount("/var/run/x", "bind", d.path()),
+            mount("/opt/src", "bind", d.path()),
+        ];
+        let init = init_layer(&scratch, std::slice::from_ref(&image), &mounts).unwrap();
+        let mut found = Vec::new();
+        for entry in walk(&init) {
+            let meta = fs_err::symlink_metadata(&entry).unwrap();
+            let rel = entry.strip_prefix(&init).unwrap().display().to_string();
+            found.push(format!(
+                "{rel} {}",
+                if meta.is_dir() { "dir" } else { "file" }
+            ));
+        }
+        found.sort();
+        // /proc and /etc/hosts exist, /dev/pts is inside /dev's tmpfs, /var/run is a symlink.
+        assert_eq!(
+            found,
+            [
+                "dev dir",
+                "etc dir",
+                "etc/resolv.conf file",
+                "opt dir",
+                "opt/src dir"
+            ]
+        );
+        let (etc, image_etc) = (
+            fs_err::metadata(init.join("etc")).unwrap(),
+            fs_err::metadata(image.join("etc")).unwrap(),
+        );
+        assert_eq!(etc.mode(), image_etc.mode());
+        assert_eq!(
+            (etc.mtime(), etc.mtime_nsec()),
+            (image_etc.mtime(), image_etc.mtime_nsec())
+        );
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut all = Vec::new();
+        for entry in fs_err::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                all.extend(walk(&path));
+            }
+            all.push(path);
+        }
+        all
+    }
 
     #[test]
     fn copied_layers_honour_whiteouts_and_opaque_dirs() {

@@ -1,13 +1,12 @@
 //! Clean-up of containers left by an eskrun that was killed: their init is killed (only if it
-//! is still the very process that eskrun started), libcontainer's state deleted, and `--rm`
+//! is still the very process that eskrun started), their cgroups removed, and `--rm`
 //! containers removed. Runs at the start of every `run`, in two halves: the kill from the
 //! host side (a process of another user namespace can only be reached from its parent), the
 //! rest inside eskrun's namespaces (the writable layer may hold files of subordinate ids).
+//! libcontainer's own state needs nothing: it lived on the dead eskrun's tmpfs.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-
-use libcontainer::container::Container;
 
 use super::record::{start_time, ContainerDir, Record};
 
@@ -30,7 +29,7 @@ pub fn find_and_kill(containers: &Path) -> Vec<Stale> {
         let Ok(Some(record)) = dir.read() else {
             continue;
         };
-        if let Some((pid, started)) = record.init {
+        if let Some((pid, started)) = dir.init() {
             kill_if_same(pid, started);
         }
         stale.push(Stale { dir, record });
@@ -38,10 +37,10 @@ pub fn find_and_kill(containers: &Path) -> Vec<Stale> {
     stale
 }
 
-/// Deletes libcontainer's state of each stale container and removes `--rm` ones.
-pub fn finish(stale: Vec<Stale>, root: &Path) {
-    for Stale { dir, mut record } in stale {
-        delete_state(&root.join(&record.id));
+/// Removes the cgroups of each stale container, and the container itself when it was `--rm`.
+pub fn finish(stale: Vec<Stale>) {
+    for Stale { dir, record } in stale {
+        remove_cgroups(&record.id);
         tracing::info!(
             "cleaned up container {} left by an eskrun that was killed",
             dir.path.display()
@@ -51,22 +50,8 @@ pub fn finish(stale: Vec<Stale>, root: &Path) {
                 tracing::warn!("{e}");
             }
         } else {
-            record.init = None;
-            let _ = dir.write(&record);
+            let _ = dir.clear_init();
         }
-    }
-    remove_leftover_cgroups(root);
-}
-
-/// Deletes libcontainer's state of a container whose init is gone.
-pub fn delete_state(state: &Path) {
-    if !state.exists() {
-        return;
-    }
-    let deleted = Container::load(state.to_path_buf()).and_then(|mut c| c.delete(true));
-    if let Err(e) = deleted {
-        tracing::debug!("libcontainer could not delete {}: {e}", state.display());
-        let _ = std::fs::remove_dir_all(state);
     }
 }
 
@@ -94,25 +79,26 @@ fn kill_if_same(pid: i32, started: u64) {
     let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16));
 }
 
-/// As real root, removes the empty cgroups of containers that are gone. A killed container's
-/// init stays a zombie in its (v1) cgroup until whoever inherited it reaps it, so deleting it
-/// may fail at first; a later eskrun finishes the job. rmdir only ever removes empty cgroups.
-fn remove_leftover_cgroups(lc_root: &Path) {
-    if !nix::unistd::geteuid().is_root() {
-        return;
-    }
-    let mut parents = vec![std::path::PathBuf::from("/sys/fs/cgroup/eskrun")];
+/// Removes the cgroups libcontainer made for container `id` (`/eskrun/<id>` under the v2
+/// mount or under each v1 controller; none when it could make none). The killed init can
+/// stay a zombie in its v1 cgroup for a moment, until whoever inherited it reaps it: rmdir
+/// fails with EBUSY until then. rmdir only ever removes empty cgroups.
+fn remove_cgroups(id: &str) {
+    let mut dirs = vec![Path::new("/sys/fs/cgroup/eskrun").join(id)];
     if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-        parents.extend(controllers.flatten().map(|c| c.path().join("eskrun")));
+        dirs.extend(
+            controllers
+                .flatten()
+                .map(|c| c.path().join("eskrun").join(id)),
+        );
     }
-    for parent in parents {
-        let Ok(entries) = std::fs::read_dir(&parent) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let id = entry.file_name();
-            if entry.path().is_dir() && !lc_root.join(&id).exists() {
-                let _ = std::fs::remove_dir(entry.path());
+    for dir in dirs {
+        for _ in 0..100 {
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => break,
             }
         }
     }

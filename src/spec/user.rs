@@ -102,14 +102,22 @@ fn parse_id(s: &str, what: &str, file: &str) -> Result<u32> {
 
 /// Reads `rel` (relative, no `..`) as the overlay of `layers` (lowest first) would show it.
 pub fn read_image_file(layers: &[PathBuf], rel: &str) -> Result<Option<String>> {
-    let comps: Vec<&str> = rel.split('/').collect();
+    match image_entry(layers, rel)? {
+        Some((path, meta)) if meta.is_file() => fs_err::read(&path)
+            .map(|b| Some(String::from_utf8_lossy(&b).into_owned()))
+            .map_err(Into::into),
+        _ => Ok(None),
+    }
+}
+
+/// The entry `rel` (relative, no `..`) names in the overlay of `layers` (lowest first), of
+/// any type, with the layer file that provides it. `None` when it is missing or whited out.
+/// A symlink on the way is not followed (it would resolve inside the container): `None`.
+pub fn image_entry(layers: &[PathBuf], rel: &str) -> Result<Option<(PathBuf, std::fs::Metadata)>> {
+    let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
     for layer in layers.iter().rev() {
         match lookup_in_layer(layer, &comps)? {
-            Found::File(path) => {
-                return fs_err::read(&path)
-                    .map(|b| Some(String::from_utf8_lossy(&b).into_owned()))
-                    .map_err(Into::into)
-            }
+            Found::Entry(path, meta) => return Ok(Some((path, meta))),
             Found::Hidden => return Ok(None),
             Found::NotHere => {}
         }
@@ -118,7 +126,7 @@ pub fn read_image_file(layers: &[PathBuf], rel: &str) -> Result<Option<String>> 
 }
 
 enum Found {
-    File(PathBuf),
+    Entry(PathBuf, std::fs::Metadata),
     /// Whited out, or a parent is opaque/not a directory here: lower layers don't count.
     Hidden,
     NotHere,
@@ -140,11 +148,7 @@ fn lookup_in_layer(layer: &Path, comps: &[&str]) -> Result<Found> {
             return Ok(Found::Hidden);
         }
         if i + 1 == comps.len() {
-            return Ok(if ft.is_file() {
-                Found::File(path)
-            } else {
-                Found::Hidden
-            });
+            return Ok(Found::Entry(path, meta));
         }
         if !ft.is_dir() {
             return Ok(Found::Hidden);

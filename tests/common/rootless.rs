@@ -237,14 +237,6 @@ impl World {
     pub fn host_uid(&self, container_uid: u32) -> u32 {
         self.account.as_ref().map_or(container_uid, |a| a.uid)
     }
-
-    /// libcontainer's state directory for this world's user.
-    pub fn libcontainer_root(&self) -> PathBuf {
-        match &self.account {
-            None => PathBuf::from("/run/eskrun"),
-            Some(a) => PathBuf::from(format!("/tmp/eskrun-{}", a.uid)),
-        }
-    }
 }
 
 fn chown_tree(path: &Path, uid: u32, gid: u32) {
