@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Warm-start benchmark: `eskrun run --rm IMAGE true` as an unprivileged user (one id mapped,
 # and with a subordinate id range) and as root, for a ~2 MiB and a large image, beside
-# `runc run` (root, on the same busybox tree as a bundle) where installed. podman is left out:
+# `runc run` (root, on the same busybox tree as a bundle) where installed, and beside
+# examples/libcontainer_floor: the same namespaces and spec handed to libcontainer on a plain
+# directory, with nothing of eskrun's own around it (the floor eskrun stands on). podman is left out:
 # on this kind of host it cannot start a container with its defaults (root lacks
 # CAP_SYS_RESOURCE, so its rlimits fail; crun refuses cgroup-v1 hybrid); the figures measured
 # for it on such a machine are in ../shared/HOST-NOTES.md and the README.
@@ -14,6 +16,7 @@ cd "$(dirname "$0")/.."
 big_mib=${1:-1024}
 install_packages docker-registry busybox-static uidmap hyperfine curl
 cargo build --release --locked -q
+cargo build --release --locked -q --example libcontainer_floor
 
 work=$(mktemp -d /var/tmp/eskrun-runbench.XXXXXX)
 chmod 755 "$work"
@@ -24,6 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 install -m 755 target/release/eskrun "$work/eskrun"
+install -m 755 target/release/examples/libcontainer_floor "$work/floor"
 start_registry "$work/registry"
 
 busybox_rootfs "$work/rootfs"
@@ -39,6 +43,9 @@ for i in 1 2 3 4; do
 done
 push_image "http://$REGISTRY_ADDR" bench/big 1 '{"Cmd":["sh"]}' "${big_layers[@]}"
 rm -f "$work"/*.tar
+# The floor's root: the busybox tree with the mount points libcontainer needs.
+cp -a "$work/rootfs" "$work/floor-rootfs"
+mkdir -p "$work/floor-rootfs/proc" "$work/floor-rootfs/dev" "$work/floor-rootfs/sys"
 
 for user in eskrun-bench eskrun-bench-sub; do
   id "$user" >/dev/null 2>&1 || useradd --create-home --shell /bin/sh "$user"
@@ -62,6 +69,8 @@ for user in eskrun-bench eskrun-bench-sub; do
 done
 
 cmds=(-n "setpriv+env alone" "$(as_user eskrun-bench true)")
+cmds+=(-n "libcontainer floor, one id" "$(as_user eskrun-bench "$work/floor" "$work/floor-rootfs" "$work/home-eskrun-bench/floor" true)")
+cmds+=(-n "libcontainer floor, subuid range" "$(as_user eskrun-bench-sub "$work/floor" "$work/floor-rootfs" "$work/home-eskrun-bench-sub/floor" true)")
 for image in small big; do
   cmds+=(-n "eskrun rootless, one id, $image" "$(as_user eskrun-bench "$work/eskrun" run --rm "$REGISTRY_ADDR/bench/$image:1" true)")
   cmds+=(-n "eskrun rootless, subuid range, $image" "$(as_user eskrun-bench-sub "$work/eskrun" run --rm "$REGISTRY_ADDR/bench/$image:1" true)")
@@ -76,5 +85,11 @@ if command -v runc >/dev/null; then
   (cd "$work/bundle" && runc spec && sed -i 's/"terminal": true/"terminal": false/; s/"sh"/"true"/' config.json)
   cmds+=(-n "runc run (root), small" "runc run --bundle $work/bundle bench-$$")
 fi
-hyperfine -N --warmup 5 --runs "${RUNS:-100}" --export-markdown "$work/run.md" "${cmds[@]}"
-cat "$work/run.md"
+hyperfine -N --warmup 5 --runs "${RUNS:-100}" --export-json "$work/run.json" "${cmds[@]}"
+# Medians: this kind of machine has outliers of several milliseconds.
+python3 - "$work/run.json" <<'PY'
+import json, sys
+print("| command | median | mean |\n|---|---|---|")
+for r in json.load(open(sys.argv[1]))["results"]:
+    print(f"| {r['command']} | {r['median'] * 1000:.1f} ms | {r['mean'] * 1000:.1f} ms |")
+PY
