@@ -98,6 +98,12 @@ fn add_mount_point(
     {
         return Ok(());
     }
+    let new_dir = |at: &Path| {
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(at)
+            .with_context(|| format!("creating {}", at.display()))
+    };
     for (rel, in_image) in parents {
         let at = init.join(rel);
         if at.exists() {
@@ -114,20 +120,14 @@ fn add_mount_point(
                 )?;
                 mirrored.push((at, meta.clone()));
             }
-            None => std::fs::DirBuilder::new()
-                .mode(0o755)
-                .create(&at)
-                .with_context(|| format!("creating {}", at.display()))?,
+            None => new_dir(&at)?,
         }
     }
     let at = init.join(&rel);
     if file {
         fs_err::File::create(&at)?;
     } else if !at.exists() {
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&at)
-            .with_context(|| format!("creating {}", at.display()))?;
+        new_dir(&at)?;
     }
     Ok(())
 }
