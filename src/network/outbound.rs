@@ -139,16 +139,7 @@ fn start_pasta(pasta: &Path, netns: BorrowedFd, real_root: bool) -> Result<Outbo
             Ok(())
         });
     }
-    let child = spawn(command, "pasta")?;
-    drop((netns, ready_write));
-    ready(
-        Outbound {
-            child,
-            helper: "pasta",
-            exit: None,
-        },
-        ready_read,
-    )
+    launch(command, "pasta", [netns, ready_write], None, ready_read)
 }
 
 fn start_slirp(slirp: &Path, netns: BorrowedFd) -> Result<Outbound, String> {
@@ -167,28 +158,41 @@ fn start_slirp(slirp: &Path, netns: BorrowedFd) -> Result<Outbound, String> {
             netns.as_raw_fd()
         ))
         .arg("tap0");
-    let child = spawn(command, "slirp4netns")?;
-    drop((exit_read, ready_write));
-    ready(
-        Outbound {
-            child,
-            helper: "slirp4netns",
-            exit: Some(exit_write),
-        },
+    launch(
+        command,
+        "slirp4netns",
+        [exit_read, ready_write],
+        Some(exit_write),
         ready_read,
     )
 }
 
 /// Starts the helper out of the terminal's process group (Ctrl-C is for the container, relayed
-/// by eskrun) and silent: its messages would interleave with the container's output.
-fn spawn(mut command: Command, name: &str) -> Result<Child, String> {
-    command
+/// by eskrun) and silent (its messages would interleave with the container's output), closes
+/// eskrun's copies of the fds it `inherits`, and waits until it is ready.
+fn launch(
+    mut command: Command,
+    helper: &'static str,
+    inherits: [OwnedFd; 2],
+    exit: Option<OwnedFd>,
+    ready_read: OwnedFd,
+) -> Result<Outbound, String> {
+    let child = command
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot run {name}: {e}"))
+        .map_err(|e| format!("cannot run {helper}: {e}"))?;
+    drop(inherits);
+    ready(
+        Outbound {
+            child,
+            helper,
+            exit,
+        },
+        ready_read,
+    )
 }
 
 /// Waits for the helper to write to `ready` once the interface is configured; it closes the
