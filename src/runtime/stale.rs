@@ -92,14 +92,14 @@ fn remove_cgroups(id: &str) {
                 .map(|c| c.path().join("eskrun").join(id)),
         );
     }
+    // One second for all of them: an empty cgroup left behind is harmless.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     for dir in dirs {
-        for _ in 0..100 {
-            match std::fs::remove_dir(&dir) {
-                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
-                    std::thread::sleep(std::time::Duration::from_millis(10))
-                }
-                _ => break,
+        while let Err(e) = std::fs::remove_dir(&dir) {
+            if e.raw_os_error() != Some(nix::libc::EBUSY) || std::time::Instant::now() > deadline {
+                break;
             }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 }
