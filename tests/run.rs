@@ -314,6 +314,57 @@ fn the_writable_layer_holds_only_what_the_container_writes() {
     }
 }
 
+#[test]
+fn an_untouched_writable_layer_serves_the_next_container() {
+    // A --rm container that wrote nothing gives its directory back as a spare, so a loop of
+    // runs makes and frees no inodes of its own on the state disk. One that wrote a file or
+    // changed `/` is removed: the next container sees none of it.
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        let spare_uppers = || -> Vec<u64> {
+            std::fs::read_dir(w.path("state/spare")).map_or(Vec::new(), |entries| {
+                entries
+                    .map(|e| e.unwrap().path().join("upper").metadata().unwrap().ino())
+                    .collect()
+            })
+        };
+        let run = |script: &str, umask: u32| {
+            let mut cmd = w.run(&img, &["--rm", "img", "sh", "-c", script]);
+            // SAFETY: umask(2) only, between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    nix::libc::umask(umask);
+                    Ok(())
+                })
+            };
+            let (code, out, err) = output(cmd);
+            assert_eq!(code, 0, "{who:?}: {script}: {err}");
+            out
+        };
+        run("true", 0o022);
+        let first = spare_uppers();
+        assert_eq!(first.len(), 1, "{who:?}");
+        run("true", 0o022);
+        assert_eq!(spare_uppers(), first, "{who:?}: the spare was not reused");
+        run("chmod 700 /", 0o022);
+        assert_eq!(spare_uppers(), Vec::<u64>::new(), "{who:?}");
+        run("echo x > /junk", 0o022);
+        assert_eq!(spare_uppers(), Vec::<u64>::new(), "{who:?}");
+        // A user's umask does not reach the container's `/`.
+        let out = run("stat -c %a /; test -e /junk && echo leaked; true", 0o077);
+        assert_eq!(out, "755\n", "{who:?}");
+        assert_eq!(spare_uppers().len(), 1, "{who:?}");
+        assert_eq!(
+            std::fs::read_dir(w.path("state/containers"))
+                .unwrap()
+                .count(),
+            0,
+            "{who:?}"
+        );
+    }
+}
+
 /// `eskrun ps` as rows of words.
 fn ps(w: &World) -> Vec<Vec<String>> {
     let (code, out, err) = output(w.eskrun(&["ps"]));

@@ -11,6 +11,7 @@ mod owners;
 pub mod project;
 mod record;
 mod rootfs;
+mod spare;
 mod stale;
 pub mod userns;
 
@@ -104,19 +105,30 @@ pub fn run(mut req: Request) -> Result<i32> {
 
     let scratch = rootfs::scratch()?;
     let path = containers.join(&name);
-    let dir = ContainerDir::create_and_lock(&path)?.with_context(|| {
-        format!("the container name {name:?} is in use by a running eskrun: choose another --name")
-    })?;
-    if dir.read()?.is_some() && !req.reuse {
-        bail!("a container named {name:?} already exists: remove it with `eskrun down {name}` or choose another --name");
-    }
     let record = Record {
         id: id.clone(),
         remove: req.remove,
         layers: req.layers.clone(),
         image: Some(req.image_name.clone()),
     };
-    dir.write(&record)?;
+    let spare = if path.exists() {
+        None
+    } else {
+        spare::take(&path, &record)?
+    };
+    let dir = match spare {
+        Some(dir) => dir,
+        None => {
+            let dir = ContainerDir::create_and_lock(&path)?.with_context(|| {
+                format!("the container name {name:?} is in use by a running eskrun: choose another --name")
+            })?;
+            if dir.read()?.is_some() && !req.reuse {
+                bail!("a container named {name:?} already exists: remove it with `eskrun down {name}` or choose another --name");
+            }
+            dir.write(&record)?;
+            dir
+        }
+    };
 
     // The record keeps the pulled trees: they name the layers a container holds on to.
     let result = owners::owned_layers(&req.layers, &identity).and_then(|lowers| {
@@ -132,7 +144,7 @@ pub fn run(mut req: Request) -> Result<i32> {
     delete_state(&scratch.join(LIBCONTAINER).join(&id));
     // A container that never started leaves nothing either, unless `up` keeps its layer.
     if req.remove || (!started && !req.reuse) {
-        fs_err::remove_dir_all(&dir.path).context("removing the container")?;
+        spare::give_back(dir).context("removing the container")?;
     } else {
         dir.clear_init()?;
     }
@@ -182,8 +194,16 @@ fn run_in(
     net: Net,
 ) -> Result<i32> {
     let p = |s: &str| dir.path.join(s);
+    let fresh = !p("upper").exists();
     for d in ["upper", "work"] {
         fs_err::create_dir_all(p(d))?;
+    }
+    if fresh {
+        // The container's `/`: not left to the user's umask.
+        fs_err::set_permissions(
+            p("upper"),
+            std::os::unix::fs::PermissionsExt::from_mode(spare::ROOT_MODE),
+        )?;
     }
     let etc_files = write_etc_files(
         scratch,

@@ -4,9 +4,10 @@
 //! container whose lock nobody holds and whose `container.json` exists was left by an eskrun
 //! that died.
 //!
-//! Each file is written once, under a new name: replacing a file makes ext4 write it out at
-//! once (and, on a disk mounted with `discard`, discard the old block when it goes), which
-//! cost every start a disk write and a discard.
+//! Files are never replaced by rename on the hot path: replacing a file makes ext4 write it
+//! out at once and, on a disk mounted with `discard`, discard the old block. `init` and the
+//! record of a spare directory ([`super::spare`]) are rewritten in place instead; a record
+//! others may be reading (a visible directory) is still written whole under a new name.
 
 use std::path::{Path, PathBuf};
 
@@ -97,23 +98,34 @@ impl ContainerDir {
     }
 
     /// Records the running init: pid and start time (/proc/PID/stat field 22), so a recycled
-    /// pid is never taken for it.
+    /// pid is never taken for it. Fixed width and written in place, so the file keeps its
+    /// disk block from run to run.
     pub fn set_init(&self, pid: nix::unistd::Pid) -> Result<()> {
         self.started.set(Some(pid));
         let Some(started) = start_time(pid.as_raw()) else {
             return Ok(());
         };
-        let tmp = self.path.join("init.tmp");
-        fs_err::write(&tmp, format!("{pid} {started}\n"))?;
-        fs_err::rename(&tmp, self.path.join("init"))?;
-        Ok(())
+        overwrite(
+            &self.path.join("init"),
+            format!("{pid:>10} {started:>20}\n").as_bytes(),
+        )
     }
 
+    /// Blanks `init` (same width, so it keeps its disk block).
     pub fn clear_init(&self) -> Result<()> {
-        match fs_err::remove_file(self.path.join("init")) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+        if !self.path.join("init").exists() {
+            return Ok(());
         }
+        overwrite(&self.path.join("init"), format!("{:31}\n", "").as_bytes())
+    }
+
+    /// Writes the record over the one this directory holds, in place: only for a directory
+    /// nobody else reads (a spare being taken).
+    pub fn overwrite_record(&self, record: &Record) -> Result<()> {
+        overwrite(
+            &self.path.join("container.json"),
+            &serde_json::to_vec(record)?,
+        )
     }
 
     pub fn write(&self, record: &Record) -> Result<()> {
@@ -126,8 +138,22 @@ impl ContainerDir {
 
 fn read_init(dir: &Path) -> Option<(i32, u64)> {
     let text = std::fs::read_to_string(dir.join("init")).ok()?;
-    let (pid, started) = text.trim().split_once(' ')?;
-    Some((pid.parse().ok()?, started.parse().ok()?))
+    let mut fields = text.split_whitespace();
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
+/// Replaces `path`'s content without a new inode or block: the file is written over from the
+/// start and cut to length.
+fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut file = fs_err::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.set_len(bytes.len() as u64)?;
+    Ok(())
 }
 
 /// Start time of `pid` (clock ticks since boot), `None` when it is gone.

@@ -1,0 +1,153 @@
+//! Spare container directories: the directory of a container that ended with nothing in its
+//! writable layer is kept under `state_dir()/spare/` and becomes the next new container's,
+//! instead of being removed and made again.
+//!
+//! Why: a `--rm` run would otherwise create and remove six inodes on the state disk (the
+//! directory, `lock`, `container.json`, `init`, `upper/`, `work/`), on top of the ones
+//! overlayfs makes in `work/` at each mount. On ext4 without a journal, which HPC and CI
+//! hosts use for scratch disks, every freed block is discarded synchronously when the disk
+//! is mounted with `discard` (~0.15 ms each here), and every new inode is searched for past
+//! all those freed in the last minutes (ext4 keeps recently deleted inodes unused), so runs
+//! in a loop got slower the more of them there were. A spare directory costs none of that:
+//! its files are rewritten in place and it moves by rename.
+//!
+//! A spare holds `lock`, `container.json` and `init` of its last container (rewritten before
+//! anyone sees them again), an empty `upper/` and a clean `work/`. It is taken under its lock
+//! and renamed into place with `RENAME_NOREPLACE`, so two eskruns never take the same one and
+//! a name made meanwhile by another eskrun is never replaced.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use nix::fcntl::{renameat2, RenameFlags};
+
+use super::record::{ContainerDir, Record};
+
+/// Spare directories kept at most: as many containers as usually start at once.
+const KEEP: usize = 4;
+
+/// The mode of a container's root directory (its writable layer's top), as Docker has it. A
+/// directory made with the user's umask could be 0700: a container user other than root
+/// could not even look up `/bin`.
+pub const ROOT_MODE: u32 = 0o755;
+
+/// Where spare directories wait.
+pub fn spare_dir() -> PathBuf {
+    crate::dirs::state_dir().join("spare")
+}
+
+/// Moves a spare directory to `path`, holding `record`, and returns it locked. `None` when
+/// there is no spare fit for this process (or `path` appeared meanwhile): the caller makes
+/// the directory itself.
+pub fn take(path: &Path, record: &Record) -> Result<Option<ContainerDir>> {
+    let Ok(entries) = std::fs::read_dir(spare_dir()) else {
+        return Ok(None);
+    };
+    for entry in entries.flatten() {
+        let spare = entry.path();
+        // Taken by another eskrun, or one that is still being given back.
+        let Ok(Some(mut dir)) = ContainerDir::lock_existing(&spare) else {
+            continue;
+        };
+        if !fits(&spare) {
+            continue;
+        }
+        dir.overwrite_record(record)?;
+        match renameat2(None, &spare, None, path, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => {
+                dir.path = path.to_path_buf();
+                return Ok(Some(dir));
+            }
+            // Taken and given back under another name between the listing and the lock.
+            Err(nix::errno::Errno::ENOENT) => continue,
+            Err(nix::errno::Errno::EEXIST) => return Ok(None),
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "moving {} to {}: {e}",
+                    spare.display(),
+                    path.display()
+                ))
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A spare fits when this process would have made its writable layer the same way.
+fn fits(spare: &Path) -> bool {
+    fresh_root(&spare.join("upper"))
+}
+
+/// `upper` as a new container's: a directory owned by this process (as another identity
+/// it would show other owners in the container), with the root's mode.
+fn fresh_root(upper: &Path) -> bool {
+    std::fs::symlink_metadata(upper).is_ok_and(|m| {
+        m.is_dir()
+            && m.uid() == nix::unistd::geteuid().as_raw()
+            && m.gid() == nix::unistd::getegid().as_raw()
+            && m.mode() & 0o7777 == ROOT_MODE
+    })
+}
+
+/// Gives the directory of an ended container back as a spare when its writable layer holds
+/// nothing the container made, else removes it.
+pub fn give_back(dir: ContainerDir) -> Result<()> {
+    let spares = spare_dir();
+    let room = std::fs::read_dir(&spares).map_or(true, |e| e.count() < KEEP);
+    if room && reusable(&dir.path) && clean_work(&dir.path.join("work")).is_ok() {
+        dir.clear_init()?;
+        fs_err::create_dir_all(&spares)?;
+        // Renamed while still locked: nobody takes it before it is clean.
+        if fs_err::rename(&dir.path, spares.join(super::random_id()?)).is_ok() {
+            return Ok(());
+        }
+    }
+    fs_err::remove_dir_all(&dir.path)?;
+    Ok(())
+}
+
+/// Nothing but eskrun's own files and an untouched, empty writable layer: no copied root
+/// (`rootfs/`), nothing written, no owner, mode or extended attribute set on `/` by the
+/// container.
+fn reusable(path: &Path) -> bool {
+    let own = ["lock", "container.json", "init", "upper", "work"];
+    let only_own = std::fs::read_dir(path).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .all(|e| own.iter().any(|o| e.file_name() == *o))
+    });
+    let upper = path.join("upper");
+    only_own
+        && fresh_root(&upper)
+        && std::fs::read_dir(&upper).is_ok_and(|mut e| e.next().is_none())
+        && xattr_names(&upper).is_some_and(|names| {
+            names
+                .split(|b| *b == 0)
+                .filter(|n| !n.is_empty())
+                .all(|n| n.starts_with(b"user.overlay.") || n.starts_with(b"trusted.overlay."))
+        })
+}
+
+/// overlayfs refuses a work directory that a `volatile` mount left (`work/incompat/volatile`);
+/// it clears the rest itself at the next mount.
+fn clean_work(work: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(work.join("work")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The names of `path`'s extended attributes, NUL-separated.
+fn xattr_names(path: &Path) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: `c` is a valid C string and `buf` is writable for its length.
+    let n = unsafe { nix::libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
