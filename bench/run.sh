@@ -8,7 +8,8 @@
 # CAP_SYS_RESOURCE, so its rlimits fail; crun refuses cgroup-v1 hybrid); the figures measured
 # for it on such a machine are in ../shared/HOST-NOTES.md and the README.
 # Target (issue 3): at most 10 ms median rootless, flat in image size.
-# Usage (as root): bench/run.sh [BIG_MIB]   (BIG_MIB: size of the large image, default 1024)
+# Usage (as root): bench/run.sh [BIG_MIB]   (BIG_MIB: size of the large image, default 1024;
+# RUNS: hyperfine runs, default 100; ROUNDS: interleaved rounds, default 60)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/packages.sh
@@ -92,4 +93,30 @@ import json, sys
 print("| command | median | mean |\n|---|---|---|")
 for r in json.load(open(sys.argv[1]))["results"]:
     print(f"| {r['command']} | {r['median'] * 1000:.1f} ms | {r['mean'] * 1000:.1f} ms |")
+PY
+
+# Interleaved: each command in turn, ROUNDS times, so that the machine's drift (several ms
+# within minutes on this kind of VM) and the disk's recent history (ext4 without a journal
+# searches past recently freed inodes) weigh on all of them alike. Medians, minus the
+# loop's own start of `true` through setpriv and env.
+python3 - "${ROUNDS:-60}" \
+  "floor, one id=$(as_user eskrun-bench "$work/floor" "$work/floor-rootfs" "$work/home-eskrun-bench/floor" true)" \
+  "eskrun, one id=$(as_user eskrun-bench "$work/eskrun" run --rm "$REGISTRY_ADDR/bench/small:1" true)" \
+  "floor, subuid range=$(as_user eskrun-bench-sub "$work/floor" "$work/floor-rootfs" "$work/home-eskrun-bench-sub/floor" true)" \
+  "eskrun, subuid range=$(as_user eskrun-bench-sub "$work/eskrun" run --rm "$REGISTRY_ADDR/bench/small:1" true)" \
+  "true=$(as_user eskrun-bench true)" <<'PY'
+import statistics, subprocess, sys, time
+rounds = int(sys.argv[1])
+cmds = dict(a.split("=", 1) for a in sys.argv[2:])
+times = {name: [] for name in cmds}
+for r in range(rounds + 3):
+    for name, cmd in cmds.items():
+        start = time.perf_counter()
+        subprocess.run(cmd.split(), check=True, stderr=subprocess.DEVNULL)
+        if r >= 3:
+            times[name].append(time.perf_counter() - start)
+base = statistics.median(times.pop("true"))
+print(f"\n| interleaved, {rounds} rounds, minus setpriv+env ({base * 1000:.1f} ms) | median |\n|---|---|")
+for name, t in times.items():
+    print(f"| {name} | {(statistics.median(t) - base) * 1000:.1f} ms |")
 PY

@@ -12,7 +12,8 @@
 //! its files are rewritten in place and it moves by rename.
 //!
 //! A spare holds `lock`, `container.json` and `init` of its last container (rewritten before
-//! anyone sees them again), an empty `upper/` and a clean `work/`. It is taken under its lock
+//! anyone sees them again), an empty `upper/` and the work directory its last container used,
+//! to be removed while the next one runs ([`USED_WORK`]). It is taken under its lock
 //! and renamed into place with `RENAME_NOREPLACE`, so two eskruns never take the same one and
 //! a name made meanwhile by another eskrun is never replaced.
 
@@ -95,7 +96,7 @@ fn fresh_root(upper: &Path) -> bool {
 pub fn give_back(dir: ContainerDir) -> Result<()> {
     let spares = spare_dir();
     let room = std::fs::read_dir(&spares).map_or(true, |e| e.count() < KEEP);
-    if room && reusable(&dir.path) && clean_work(&dir.path.join("work")).is_ok() {
+    if room && reusable(&dir.path) && set_work_aside(&dir.path).is_ok() {
         dir.clear_init()?;
         fs_err::create_dir_all(&spares)?;
         // Renamed while still locked: nobody takes it before it is clean.
@@ -111,7 +112,7 @@ pub fn give_back(dir: ContainerDir) -> Result<()> {
 /// (`rootfs/`), nothing written, no owner, mode or extended attribute set on `/` by the
 /// container.
 fn reusable(path: &Path) -> bool {
-    let own = ["lock", "container.json", "init", "upper", "work"];
+    let own = ["lock", "container.json", "init", "upper", "work", USED_WORK];
     let only_own = std::fs::read_dir(path).is_ok_and(|entries| {
         entries
             .flatten()
@@ -129,10 +130,43 @@ fn reusable(path: &Path) -> bool {
         })
 }
 
-/// overlayfs refuses a work directory that a `volatile` mount left (`work/incompat/volatile`);
-/// it clears the rest itself at the next mount.
-fn clean_work(work: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(work.join("work")) {
+/// A spare's `work/` as its last container left it. overlayfs refuses a work directory that
+/// a `volatile` mount used (`work/work/incompat/volatile`), and removing those directories
+/// costs a discard each on this kind of disk (~0.25 ms): so it is set aside, the next
+/// container mounts a new `work/`, and the used one is removed while that container runs
+/// ([`remove_used_work`]), when eskrun only waits.
+const USED_WORK: &str = "work.used";
+
+/// Sets `work/` aside as [`USED_WORK`] (removing a used one still there first: its removal
+/// was cut short).
+fn set_work_aside(path: &Path) -> std::io::Result<()> {
+    remove_tree(&path.join(USED_WORK))?;
+    match std::fs::rename(path.join("work"), path.join(USED_WORK)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Removes the work directory a spare's last container used, in a thread: for a container
+/// that has started (eskrun must not have threads before). Join it before the container's
+/// directory is given back or removed.
+pub fn remove_used_work(path: &Path) -> Option<std::thread::JoinHandle<()>> {
+    let used = path.join(USED_WORK);
+    if !used.exists() {
+        return None;
+    }
+    std::thread::Builder::new()
+        .name("eskrun-clean".into())
+        .spawn(move || {
+            if let Err(e) = remove_tree(&used) {
+                tracing::debug!("removing {}: {e}", used.display());
+            }
+        })
+        .ok()
+}
+
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
