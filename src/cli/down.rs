@@ -4,7 +4,6 @@ use anyhow::{Context, Result};
 
 use crate::runtime::{self, project};
 
-/// Remove a project's container and its writable layer.
 #[derive(clap::Args)]
 pub struct Args {
     /// Container name (default: the current directory's, as `eskrun up` names it).

@@ -5,7 +5,6 @@ use serde::Serialize;
 
 use crate::store::Store;
 
-/// List the images in the cache.
 #[derive(clap::Args)]
 pub struct Args {
     /// Output format: `table` or `json` (one JSON array).

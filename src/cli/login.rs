@@ -6,7 +6,6 @@ use anyhow::{bail, Context, Result};
 
 use crate::registry::{Options, RegistryClient};
 
-/// Log in to a registry; credentials go to ~/.docker/config.json (or its credential helper).
 #[derive(clap::Args)]
 pub struct Args {
     /// Registry host, e.g. docker.io or localhost:5000 (default: docker.io).

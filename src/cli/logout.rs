@@ -4,7 +4,6 @@ use anyhow::Result;
 
 use crate::registry::{Options, RegistryClient};
 
-/// Remove the stored credentials of a registry.
 #[derive(clap::Args)]
 pub struct Args {
     /// Registry host (default: docker.io).

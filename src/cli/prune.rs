@@ -4,7 +4,6 @@ use anyhow::Result;
 
 use crate::store::{Freed, Mode, Store};
 
-/// Remove layers and documents no image or container uses, and leftovers of interrupted pulls.
 #[derive(clap::Args)]
 pub struct Args {}
 

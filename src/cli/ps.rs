@@ -4,7 +4,6 @@ use anyhow::Result;
 
 use crate::runtime;
 
-/// List containers: those running and those kept (`run --name` without `--rm`, `up`).
 #[derive(clap::Args)]
 pub struct Args {}
 

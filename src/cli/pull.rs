@@ -6,7 +6,6 @@ use crate::pull::{self, PullOptions, DEFAULT_JOBS};
 use crate::reference::ImageRef;
 use crate::registry::Platform;
 
-/// Fetch an image from its registry into the rootfs cache, verified and unpacked.
 #[derive(clap::Args)]
 pub struct Args {
     /// Image reference, e.g. kave/eskapade-env:0.7 or localhost:5000/app@sha256:...

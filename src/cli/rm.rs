@@ -4,7 +4,6 @@ use anyhow::Result;
 
 use crate::runtime;
 
-/// Remove stopped containers and their writable layers.
 #[derive(clap::Args)]
 pub struct Args {
     /// Container names (see `eskrun ps`).

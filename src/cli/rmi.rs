@@ -5,7 +5,6 @@ use anyhow::{bail, Result};
 use crate::reference::ImageRef;
 use crate::store::{Mode, Store};
 
-/// Remove images from the cache; layers other images still use are kept.
 #[derive(clap::Args)]
 pub struct Args {
     /// Image references, as given to pull.

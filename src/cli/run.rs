@@ -38,7 +38,6 @@ impl From<Userns> for UsernsMode {
     }
 }
 
-/// Run a command in a new container (foreground; the exit code is the container's).
 #[derive(clap::Args)]
 #[command(trailing_var_arg = true)]
 pub struct Args {

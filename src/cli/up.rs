@@ -9,8 +9,6 @@ use super::run::Userns;
 use crate::runtime::{self, project::Project};
 use crate::spec::{Network, RunOptions, UserMount};
 
-/// Start (or re-enter) the development container of a directory; its writable layer is kept
-/// until `eskrun down`. The image's exposed ports are published on the same host ports.
 #[derive(clap::Args)]
 #[command(trailing_var_arg = true)]
 pub struct Args {
