@@ -141,7 +141,11 @@ pub fn run(mut req: Request) -> Result<i32> {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
     }
-    delete_state(&scratch.join(LIBCONTAINER).join(&id));
+    delete_state(
+        &scratch.join(LIBCONTAINER).join(&id),
+        &id,
+        identity.is_rootless(),
+    );
     // A container that never started leaves nothing either, unless `up` keeps its layer.
     if req.remove || (!started && !req.reuse) {
         spare::give_back(dir).context("removing the container")?;
@@ -318,8 +322,13 @@ fn run_in(
 const LIBCONTAINER: &str = "libcontainer";
 
 /// Deletes libcontainer's state of a container whose init is gone (and so its cgroups).
-fn delete_state(state: &Path) {
-    if !state.exists() {
+/// Rootless, libcontainer's only cgroup would be `/eskrun/<id>` in eskrun's own cgroup2
+/// mount, where the host delegates a cgroup to the user; without one there is nothing to
+/// delete (~0.2 ms saved): the state is on the scratch tmpfs that goes with eskrun, and the
+/// kernel killed whatever was left in the container's pid namespace with its init.
+fn delete_state(state: &Path, id: &str, rootless: bool) {
+    let cgroup = Path::new("/sys/fs/cgroup/eskrun").join(id);
+    if !state.exists() || (rootless && !cgroup.exists()) {
         return;
     }
     let deleted = LcContainer::load(state.to_path_buf()).and_then(|mut c| c.delete(true));
