@@ -62,14 +62,9 @@ pub fn take(path: &Path, record: &Record) -> Result<Option<ContainerDir>> {
             }
             // Taken and given back under another name between the listing and the lock.
             Err(nix::errno::Errno::ENOENT) => continue,
-            Err(nix::errno::Errno::EEXIST) => return Ok(None),
-            Err(e) => {
-                return Err(anyhow::anyhow!(
-                    "moving {} to {}: {e}",
-                    spare.display(),
-                    path.display()
-                ))
-            }
+            // EEXIST: the name was made meanwhile, which the caller reports. EINVAL: a
+            // filesystem without RENAME_NOREPLACE (NFS): the caller makes the directory.
+            Err(_) => return Ok(None),
         }
     }
     Ok(None)
