@@ -142,8 +142,8 @@ fn read_init(dir: &Path) -> Option<(i32, u64)> {
     Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
-/// Replaces `path`'s content without a new inode or block: the file is written over from the
-/// start and cut to length.
+/// Replaces `path`'s content in place (made if missing): an existing file keeps its inode and
+/// disk block, written over from the start and cut to length.
 fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut file = fs_err::OpenOptions::new()

@@ -4,9 +4,9 @@
 //!
 //! Why: a `--rm` run would otherwise create and remove six inodes on the state disk (the
 //! directory, `lock`, `container.json`, `init`, `upper/`, `work/`), on top of the ones
-//! overlayfs makes in `work/` at each mount. On ext4 without a journal, which HPC and CI
-//! hosts use for scratch disks, every freed block is discarded synchronously when the disk
-//! is mounted with `discard` (~0.15 ms each here), and every new inode is searched for past
+//! overlayfs makes in `work/` at each mount. On ext4 without a journal (this kind of host's
+//! root disk), every freed block is discarded synchronously when the disk is mounted with
+//! `discard` (~0.15 ms each here), and every new inode is searched for past
 //! all those freed in the last minutes (ext4 keeps recently deleted inodes unused), so runs
 //! in a loop got slower the more of them there were. A spare directory costs none of that:
 //! its files are rewritten in place and it moves by rename.
