@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 
+use common::eskrun::names;
 use rootless::{Who, World, ALL};
 use serde_json::json;
 
@@ -350,19 +351,9 @@ fn an_untouched_writable_layer_serves_the_next_container() {
         run("true", 0o022);
         assert_eq!(spare_uppers(), first, "{who:?}: the spare was not reused");
         // The work directory the first container used is gone; the second one's waits.
-        let spare = std::fs::read_dir(w.path("state/spare"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
-        let mut entries: Vec<String> = std::fs::read_dir(&spare)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        entries.sort();
+        let spares = names(&w.path("state/spare"));
         assert_eq!(
-            entries,
+            names(&w.path("state/spare").join(&spares[0])),
             ["container.json", "init", "lock", "upper", "work.used"],
             "{who:?}"
         );

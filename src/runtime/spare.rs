@@ -34,7 +34,7 @@ const KEEP: usize = 4;
 pub const ROOT_MODE: u32 = 0o755;
 
 /// Where spare directories wait.
-pub fn spare_dir() -> PathBuf {
+fn spare_dir() -> PathBuf {
     crate::dirs::state_dir().join("spare")
 }
 
@@ -51,7 +51,8 @@ pub fn take(path: &Path, record: &Record) -> Result<Option<ContainerDir>> {
         let Ok(Some(mut dir)) = ContainerDir::lock_existing(&spare) else {
             continue;
         };
-        if !fits(&spare) {
+        // Made by this process's identity, or its `/` would show other owners.
+        if !fresh_root(&spare.join("upper")) {
             continue;
         }
         dir.overwrite_record(record)?;
@@ -68,11 +69,6 @@ pub fn take(path: &Path, record: &Record) -> Result<Option<ContainerDir>> {
         }
     }
     Ok(None)
-}
-
-/// A spare fits when this process would have made its writable layer the same way.
-fn fits(spare: &Path) -> bool {
-    fresh_root(&spare.join("upper"))
 }
 
 /// `upper` as a new container's: a directory owned by this process (as another identity
