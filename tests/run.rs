@@ -316,6 +316,68 @@ fn the_writable_layer_holds_only_what_the_container_writes() {
 }
 
 #[test]
+fn the_etc_files_are_the_containers_own() {
+    // /etc/hostname, /etc/hosts and /etc/resolv.conf as Docker provides them: readable by
+    // any container user whatever the user's umask, writable into the container's own
+    // writable layer (never the image's, never the next container's), read-only with
+    // --read-only.
+    for who in ALL {
+        let w = World::new(who);
+        let img = sh_image(&w);
+        let run = |args: &[&str], script: &str| {
+            let mut full = args.to_vec();
+            full.extend(["img", "sh", "-c", script]);
+            let mut cmd = w.run(&img, &full);
+            // SAFETY: umask(2) only, between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                    nix::libc::umask(0o077);
+                    Ok(())
+                })
+            };
+            output(cmd)
+        };
+        let (code, out, err) = run(
+            &[
+                "--rm",
+                "--hostname",
+                "h1",
+                "--network",
+                "none",
+                "-u",
+                "1000:1000",
+            ],
+            "cat /etc/hostname; grep -c h1 /etc/hosts; cat /etc/resolv.conf",
+        );
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap();
+        assert_eq!(
+            (code, out.as_str()),
+            (0, format!("h1\n1\n{resolv}").as_str()),
+            "{who:?}: {err}"
+        );
+        let name = format!("etc-{}", std::process::id());
+        let (code, out, err) = run(
+            &["--name", &name],
+            "echo '10.1.2.3 extra' >> /etc/hosts && grep -c extra /etc/hosts",
+        );
+        assert_eq!((code, out.as_str()), (0, "1\n"), "{who:?}: {err}");
+        let kept = w
+            .path("state/containers")
+            .join(&name)
+            .join("upper/etc/hosts");
+        assert!(
+            std::fs::read_to_string(&kept).unwrap().contains("extra"),
+            "{who:?}"
+        );
+        let (code, out, err) = run(&["--rm"], "grep -c extra /etc/hosts; true");
+        assert_eq!((code, out.as_str()), (0, "0\n"), "{who:?}: {err}");
+        let (code, _, err) = run(&["--rm", "--read-only"], "echo x >> /etc/hosts");
+        assert_ne!(code, 0, "{who:?}: /etc/hosts is writable with --read-only");
+        assert!(err.contains("Read-only file system"), "{who:?}: {err}");
+    }
+}
+
+#[test]
 fn an_untouched_writable_layer_serves_the_next_container() {
     // A --rm container that wrote nothing gives its directory back as a spare, so a loop of
     // runs makes and frees no inodes of its own on the state disk. One that wrote a file or
@@ -1275,13 +1337,20 @@ fn layers_are_copied_where_overlay_cannot_take_them() {
             &img,
             &[
                 "--rm",
+                "--hostname",
+                "hx",
                 "img",
                 "sh",
                 "-c",
-                "cat /etc/added; test -e /etc/removed || echo gone",
+                "cat /etc/added; test -e /etc/removed || echo gone; cat /etc/hostname",
             ],
         ));
-        assert_eq!((code, out.as_str()), (0, "upper\ngone\n"), "{who:?}: {err}");
+        // Without the init layer, the /etc files are bind-mounted.
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "upper\ngone\nhx\n"),
+            "{who:?}: {err}"
+        );
         assert!(
             err.contains("copying the image's layers instead"),
             "{who:?}: {err}"

@@ -232,12 +232,18 @@ fn run_in(
             etc_files: &etc_files,
         },
     )?;
+    let mounts = oci.mounts().clone().unwrap_or_default();
+    let provided: Vec<PathBuf> = etc_files.iter().map(|(f, _)| f.clone()).collect();
+    let (init, in_layer) = rootfs::init_layer(scratch, &req.layers, &mounts, &provided)?;
     let mut lowers = req.layers.clone();
-    lowers.push(rootfs::init_layer(
-        scratch,
-        &req.layers,
-        oci.mounts().as_deref().unwrap_or_default(),
-    )?);
+    lowers.push(init);
+    oci.set_mounts(Some(
+        mounts
+            .iter()
+            .filter(|m| m.source().as_ref().is_none_or(|s| !in_layer.contains(s)))
+            .cloned()
+            .collect(),
+    ));
     // A `--rm` container's writable layer is thrown away: nothing in it is worth a sync of
     // the disk (done at unmount otherwise).
     if let Err(e) = rootfs::mount_overlay(&lowers, &p("upper"), &p("work"), req.remove, &root) {
@@ -252,6 +258,8 @@ fn run_in(
         if let Some(r) = oci.root_mut() {
             r.set_path(root.clone());
         }
+        // No init layer: every provided file is bind-mounted.
+        oci.set_mounts(Some(mounts));
     }
     rootfs::ensure_dir(&root, &plan.cwd)?;
     oci.save(scratch.join("config.json"))
@@ -504,6 +512,8 @@ fn write_etc_files(
     for (file, content, dst) in files {
         let path = dir.join(file);
         fs_err::write(&path, content)?;
+        // Readable by every container user, whatever the user's umask.
+        fs_err::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         out.push((path, dst));
     }
     Ok(out)

@@ -38,10 +38,23 @@ pub fn scratch() -> Result<PathBuf> {
 /// start and removal would pay for those directories on disk. A directory on the way that
 /// the image has keeps its mode, owner and times; a mount point behind a symlink or file
 /// in the image is left to libcontainer, which resolves it inside the container.
-pub fn init_layer(scratch: &Path, layers: &[PathBuf], mounts: &[Mount]) -> Result<PathBuf> {
+///
+/// The files eskrun provides (`provided`: /etc/hosts, /etc/hostname and /etc/resolv.conf,
+/// bind mounts of these scratch files in `mounts`) are put in the layer themselves where
+/// the image lets them be plain files: three bind mounts fewer for libcontainer to make
+/// (~0.6 ms of every start here). The container sees the same files; a write copies one up
+/// into its writable layer, and with `--read-only` they are read-only, as Docker has them.
+/// Returns the layer and the provided files it holds, whose bind mounts are not needed.
+pub fn init_layer(
+    scratch: &Path,
+    layers: &[PathBuf],
+    mounts: &[Mount],
+    provided: &[PathBuf],
+) -> Result<(PathBuf, Vec<PathBuf>)> {
     let init = scratch.join("init");
     fs_err::create_dir(&init)?;
     let mut done: Vec<&Path> = Vec::new();
+    let mut placed = Vec::new();
     // Directories that take the image's times, set once their entries are made.
     let mut mirrored = Vec::new();
     for m in mounts {
@@ -51,9 +64,18 @@ pub fn init_layer(scratch: &Path, layers: &[PathBuf], mounts: &[Mount]) -> Resul
             continue;
         }
         done.push(dst);
-        let file =
-            m.typ().as_deref() == Some("bind") && m.source().as_ref().is_some_and(|s| !s.is_dir());
-        add_mount_point(&init, layers, dst, file, &mut mirrored)?;
+        let bound = m
+            .source()
+            .as_deref()
+            .filter(|_| m.typ().as_deref() == Some("bind"));
+        let point = match bound {
+            Some(src) if provided.iter().any(|p| p == src) => Point::Content(src),
+            Some(src) if !src.is_dir() => Point::EmptyFile,
+            _ => Point::Dir,
+        };
+        if add_mount_point(&init, layers, dst, point, &mut mirrored)? {
+            placed.extend(bound.map(Path::to_path_buf));
+        }
     }
     for (dir, meta) in mirrored {
         use std::os::unix::fs::MetadataExt;
@@ -66,16 +88,26 @@ pub fn init_layer(scratch: &Path, layers: &[PathBuf], mounts: &[Mount]) -> Resul
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
         );
     }
-    Ok(init)
+    Ok((init, placed))
 }
 
+/// What the init layer holds at a mount's destination.
+enum Point<'a> {
+    Dir,
+    EmptyFile,
+    /// A file eskrun provides, linked in with its content (over the image's, if it has one).
+    Content(&'a Path),
+}
+
+/// Makes `dst`'s mount point, and the directories on its way, in `init`. Returns whether it
+/// placed a [`Point::Content`] file.
 fn add_mount_point(
     init: &Path,
     layers: &[PathBuf],
     dst: &Path,
-    file: bool,
+    point: Point,
     mirrored: &mut Vec<(PathBuf, std::fs::Metadata)>,
-) -> Result<()> {
+) -> Result<bool> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let mut rel = PathBuf::new();
     let mut steps = Vec::new();
@@ -88,15 +120,15 @@ fn add_mount_point(
         }
     }
     let Some(((_, leaf), parents)) = steps.split_last() else {
-        return Ok(());
+        return Ok(false);
     };
-    // The image has it, or it lies behind a symlink or a file of the image.
-    if leaf.is_some()
-        || parents
-            .iter()
-            .any(|(_, m)| m.as_ref().is_some_and(|m| !m.is_dir()))
+    // Behind a symlink or a file of the image; or a mount point the image has.
+    if parents
+        .iter()
+        .any(|(_, m)| m.as_ref().is_some_and(|m| !m.is_dir()))
+        || (leaf.is_some() && !matches!(point, Point::Content(_)))
     {
-        return Ok(());
+        return Ok(false);
     }
     let new_dir = |at: &Path| {
         std::fs::DirBuilder::new()
@@ -124,12 +156,17 @@ fn add_mount_point(
         }
     }
     let at = init.join(&rel);
-    if file {
-        fs_err::File::create(&at)?;
-    } else if !at.exists() {
-        new_dir(&at)?;
+    match point {
+        Point::Content(src) => {
+            // The same tmpfs: a link, not a copy.
+            fs_err::hard_link(src, &at)?;
+            return Ok(true);
+        }
+        Point::EmptyFile => drop(fs_err::File::create(&at)?),
+        Point::Dir if !at.exists() => new_dir(&at)?,
+        Point::Dir => {}
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Mounts `layers` (lowest first) at `target` with `upper`/`work` as the writable part.
@@ -380,7 +417,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_init_layer_holds_only_missing_mount_points() {
+    fn the_init_layer_holds_missing_mount_points_and_provided_files() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let d = tempfile::tempdir().unwrap();
         let (image, scratch) = (d.path().join("image"), d.path().join("scratch"));
@@ -392,6 +429,10 @@ mod tests {
         std::os::unix::fs::symlink("/somewhere", image.join("var/run")).unwrap();
         let source = d.path().join("resolv.conf");
         fs_err::write(&source, "").unwrap();
+        // Files eskrun provides: put in the layer unless behind a symlink of the image.
+        let (hosts, other) = (scratch.join("hosts"), scratch.join("other"));
+        fs_err::write(&hosts, "ours").unwrap();
+        fs_err::write(&other, "").unwrap();
         let mount = |dst: &str, typ: &str, src: &Path| {
             oci_spec::runtime::MountBuilder::default()
                 .destination(dst)
@@ -404,12 +445,24 @@ mod tests {
             mount("/proc", "proc", Path::new("proc")),
             mount("/dev", "tmpfs", Path::new("tmpfs")),
             mount("/dev/pts", "devpts", Path::new("devpts")),
-            mount("/etc/hosts", "bind", &source),
+            mount("/etc/hosts", "bind", &hosts),
             mount("/etc/resolv.conf", "bind", &source),
             mount("/var/run/x", "bind", d.path()),
+            mount("/var/run/y", "bind", &other),
             mount("/opt/src", "bind", d.path()),
         ];
-        let init = init_layer(&scratch, std::slice::from_ref(&image), &mounts).unwrap();
+        let (init, placed) = init_layer(
+            &scratch,
+            std::slice::from_ref(&image),
+            &mounts,
+            &[hosts.clone(), other],
+        )
+        .unwrap();
+        assert_eq!(placed, [hosts]);
+        assert_eq!(
+            fs_err::read_to_string(init.join("etc/hosts")).unwrap(),
+            "ours"
+        );
         let mut found = Vec::new();
         for entry in walk(&init) {
             let meta = fs_err::symlink_metadata(&entry).unwrap();
@@ -420,12 +473,14 @@ mod tests {
             ));
         }
         found.sort();
-        // /proc and /etc/hosts exist, /dev/pts is inside /dev's tmpfs, /var/run is a symlink.
+        // /proc exists, /dev/pts is inside /dev's tmpfs, /var/run is a symlink; the provided
+        // /etc/hosts takes the place of the image's.
         assert_eq!(
             found,
             [
                 "dev dir",
                 "etc dir",
+                "etc/hosts file",
                 "etc/resolv.conf file",
                 "opt dir",
                 "opt/src dir"

@@ -415,11 +415,13 @@ pub fn to_oci(plan: &Plan, opts: &RunOptions, host: &Host) -> Result<Spec> {
         )?);
     }
     for (file, dst) in host.etc_files {
+        // Read-only with the root, as Docker has them.
+        let ro = if opts.read_only { "ro" } else { "rw" };
         mounts.push(mount(
             dst,
             "bind",
             &file.to_string_lossy(),
-            &["rbind", "rprivate"],
+            &["rbind", "rprivate", ro],
         )?);
     }
     for m in &opts.mounts {
