@@ -412,12 +412,32 @@ fn an_untouched_writable_layer_serves_the_next_container() {
         assert_eq!(first.len(), 1, "{who:?}");
         run("true", 0o022);
         assert_eq!(spare_uppers(), first, "{who:?}: the spare was not reused");
-        // The work directory the first container used is gone; the second one's waits.
         let spares = names(&w.path("state/spare"));
         assert_eq!(
             names(&w.path("state/spare").join(&spares[0])),
-            ["container.json", "init", "lock", "upper", "work.used"],
+            ["container.json", "init", "lock", "upper", "work"],
             "{who:?}"
+        );
+        // What overlayfs made in `work/` waits in the trash: removed while later containers
+        // run, as far as they last, never more than a few left.
+        let trash = w.path("state/trash");
+        for i in 0..20 {
+            std::fs::create_dir_all(trash.join(format!("old{i}/work/incompat"))).unwrap();
+        }
+        w.user_dir("state/trash");
+        run("true", 0o022);
+        let left = names(&trash).len();
+        assert!((1..=9).contains(&left), "{who:?}: {left} left in the trash");
+        run("sleep 1", 0o022);
+        assert_eq!(
+            names(&trash).len(),
+            1,
+            "{who:?}: its own work directory only"
+        );
+        assert_eq!(
+            names(&trash.join(&names(&trash)[0])),
+            ["incompat"],
+            "{who:?}: not overlayfs's work directory"
         );
         run("chmod 700 /", 0o022);
         assert_eq!(spare_uppers(), Vec::<u64>::new(), "{who:?}");

@@ -314,13 +314,13 @@ fn run_in(
         (Some(f), Some(ns)) => Some(f.serve(ns)?),
         _ => None,
     };
-    let cleaning = spare::remove_used_work(&dir.path);
+    let cleaner = spare::Cleaner::start();
     let code = io::wait(pid, master, req.interactive);
     if let Some(f) = forwarding {
         f.stop();
     }
-    if let Some(c) = cleaning {
-        let _ = c.join();
+    if let Some(c) = cleaner {
+        c.stop();
     }
     code
 }

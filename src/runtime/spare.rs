@@ -12,13 +12,15 @@
 //! its files are rewritten in place and it moves by rename.
 //!
 //! A spare holds `lock`, `container.json` and `init` of its last container (rewritten before
-//! anyone sees them again), an empty `upper/` and the work directory its last container used,
-//! to be removed while the next one runs ([`USED_WORK`]). It is taken under its lock
-//! and renamed into place with `RENAME_NOREPLACE`, so two eskruns never take the same one and
-//! a name made meanwhile by another eskrun is never replaced.
+//! anyone sees them again), an empty `upper/` and an empty `work/`: what overlayfs made in it
+//! is moved to the trash, to be removed while later containers run ([`set_work_aside`]). It
+//! is taken under its lock and renamed into place with `RENAME_NOREPLACE`, so two eskruns
+//! never take the same one and a name made meanwhile by another eskrun is never replaced.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Result;
 use nix::fcntl::{renameat2, RenameFlags};
@@ -36,6 +38,11 @@ pub const ROOT_MODE: u32 = 0o755;
 /// Where spare directories wait.
 fn spare_dir() -> PathBuf {
     crate::dirs::state_dir().join("spare")
+}
+
+/// Where the work directories of spares' last containers wait to be removed ([`Cleaner`]).
+fn trash_dir() -> PathBuf {
+    crate::dirs::state_dir().join("trash")
 }
 
 /// Moves a spare directory to `path`, holding `record`, and returns it locked. `None` when
@@ -103,7 +110,7 @@ pub fn give_back(dir: ContainerDir) -> Result<()> {
 /// (`rootfs/`), nothing written, no owner, mode or extended attribute set on `/` by the
 /// container.
 fn reusable(path: &Path) -> bool {
-    let own = ["lock", "container.json", "init", "upper", "work", USED_WORK];
+    let own = ["lock", "container.json", "init", "upper", "work"];
     let only_own = std::fs::read_dir(path).is_ok_and(|entries| {
         entries
             .flatten()
@@ -121,46 +128,92 @@ fn reusable(path: &Path) -> bool {
         })
 }
 
-/// A spare's `work/` as its last container left it. overlayfs refuses a work directory that
-/// a `volatile` mount used (`work/work/incompat/volatile`), and removing those directories
-/// costs a discard each on this kind of disk (~0.25 ms): so it is set aside, the next
-/// container mounts a new `work/`, and the used one is removed while that container runs
-/// ([`remove_used_work`]), when eskrun only waits.
-const USED_WORK: &str = "work.used";
-
-/// Sets `work/` aside as [`USED_WORK`] (removing a used one still there first: its removal
-/// was cut short).
+/// Empties a spare's `work/` into the trash, keeping the directory for the next container.
+/// overlayfs refuses a work directory where a `volatile` mount left
+/// `work/work/incompat/volatile`, and removing those directories costs a discard each on
+/// this kind of disk (~0.25 ms): renamed away, they are removed while later containers run
+/// ([`Cleaner`]), when eskrun only waits.
 fn set_work_aside(path: &Path) -> std::io::Result<()> {
-    remove_tree(&path.join(USED_WORK))?;
-    match std::fs::rename(path.join("work"), path.join(USED_WORK)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    let trash = trash_dir();
+    std::fs::create_dir_all(&trash)?;
+    for entry in std::fs::read_dir(path.join("work"))? {
+        let name = super::random_id().map_err(std::io::Error::other)?;
+        std::fs::rename(entry?.path(), trash.join(name))?;
+    }
+    Ok(())
+}
+
+/// Work directories left in the trash at most: a cleaner asked to stop goes on while there
+/// are more, so that short containers in a loop cannot pile them up.
+const TRASH_KEEP: usize = 8;
+
+/// Removes what is in the trash, in a thread, while a container runs: for a container that
+/// has started (eskrun must not have threads before). [`Cleaner::stop`] it when the
+/// container has ended: it leaves the rest to later containers instead of making eskrun
+/// wait for it.
+pub struct Cleaner {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Cleaner {
+    pub fn start() -> Option<Cleaner> {
+        let entries: Vec<PathBuf> = std::fs::read_dir(trash_dir())
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        if entries.is_empty() {
+            return None;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let asked = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("eskrun-clean".into())
+            .spawn(move || {
+                let mut left = entries.len();
+                for entry in entries {
+                    let halt = || left <= TRASH_KEEP && asked.load(Ordering::Relaxed);
+                    if !remove_until(&entry, &halt) {
+                        return;
+                    }
+                    left -= 1;
+                }
+            })
+            .ok()?;
+        Some(Cleaner { stop, thread })
+    }
+
+    /// Stops before its next removal (once the trash is small enough) and waits for that.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
     }
 }
 
-/// Removes the work directory a spare's last container used, in a thread: for a container
-/// that has started (eskrun must not have threads before). Join it before the container's
-/// directory is given back or removed.
-pub fn remove_used_work(path: &Path) -> Option<std::thread::JoinHandle<()>> {
-    let used = path.join(USED_WORK);
-    if !used.exists() {
-        return None;
-    }
-    std::thread::Builder::new()
-        .name("eskrun-clean".into())
-        .spawn(move || {
-            if let Err(e) = remove_tree(&used) {
-                tracing::debug!("removing {}: {e}", used.display());
+/// Removes the tree at `path` entry by entry until `halt` says to stop. Returns whether
+/// the cleaner may go on (the tree is gone, or another eskrun removed it first).
+fn remove_until(path: &Path, halt: &dyn Fn() -> bool) -> bool {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if halt() || (is_dir && !remove_until(&entry.path(), halt)) {
+                return false;
             }
-        })
-        .ok()
-}
-
-fn remove_tree(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+            if !is_dir {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
+    if halt() {
+        return false;
+    }
+    if let Err(e) = std::fs::remove_dir(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::debug!("removing {}: {e}", path.display());
+        }
+    }
+    true
 }
 
 /// The names of `path`'s extended attributes, NUL-separated.
