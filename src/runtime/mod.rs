@@ -535,6 +535,14 @@ fn check_name(name: &str) -> Result<()> {
 
 fn random_id() -> Result<String> {
     let mut b = [0u8; 6];
-    std::io::Read::read_exact(&mut fs_err::File::open("/dev/urandom")?, &mut b)?;
+    // getrandom(2), not /dev/urandom: one system call instead of three, a few times a start.
+    // SAFETY: `b` is writable for its length.
+    let n = unsafe { nix::libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        bail!(
+            "reading random bytes for a container id: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }

@@ -96,9 +96,8 @@ pub fn give_back(dir: ContainerDir) -> Result<()> {
     let room = std::fs::read_dir(&spares).map_or(true, |e| e.count() < KEEP);
     if room && reusable(&dir.path) && set_work_aside(&dir.path).is_ok() {
         dir.clear_init()?;
-        fs_err::create_dir_all(&spares)?;
         // Renamed while still locked: nobody takes it before it is clean.
-        if fs_err::rename(&dir.path, spares.join(super::random_id()?)).is_ok() {
+        if rename_into(&dir.path, &spares, &super::random_id()?).is_ok() {
             return Ok(());
         }
     }
@@ -135,12 +134,22 @@ fn reusable(path: &Path) -> bool {
 /// ([`Cleaner`]), when eskrun only waits.
 fn set_work_aside(path: &Path) -> std::io::Result<()> {
     let trash = trash_dir();
-    std::fs::create_dir_all(&trash)?;
     for entry in std::fs::read_dir(path.join("work"))? {
         let name = super::random_id().map_err(std::io::Error::other)?;
-        std::fs::rename(entry?.path(), trash.join(name))?;
+        rename_into(&entry?.path(), &trash, &name)?;
     }
     Ok(())
+}
+
+/// Renames `from` to `dir/name`, making `dir` only when it is missing (the first time).
+fn rename_into(from: &Path, dir: &Path, name: &str) -> std::io::Result<()> {
+    match std::fs::rename(from, dir.join(name)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && from.exists() => {
+            std::fs::create_dir_all(dir)?;
+            std::fs::rename(from, dir.join(name))
+        }
+        result => result,
+    }
 }
 
 /// Work directories left in the trash at most: a cleaner asked to stop goes on while there

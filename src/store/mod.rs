@@ -73,6 +73,13 @@ impl Store {
             "locks",
         ] {
             let path = root.join(sub);
+            // One mkdir where the cache exists (every `run`), not create_dir_all's mkdir and
+            // stat: a file in a directory's place fails the first use, naming its path.
+            match std::fs::create_dir(&path) {
+                Ok(()) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(_) => {}
+            }
             fs_err::create_dir_all(&path).with_context(|| {
                 format!(
                     "cannot create the image cache at {} (set ESKRUN_CACHE to a writable directory)",
