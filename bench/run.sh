@@ -116,7 +116,12 @@ for r in range(rounds + 3):
         if r >= 3:
             times[name].append(time.perf_counter() - start)
 base = statistics.median(times.pop("true"))
-print(f"\n| interleaved, {rounds} rounds, minus setpriv+env ({base * 1000:.1f} ms) | median |\n|---|---|")
+print(f"\n| interleaved, {rounds} rounds, minus setpriv+env ({base * 1000:.1f} ms) | median | over the floor (paired) |\n|---|---|---|")
 for name, t in times.items():
-    print(f"| {name} | {(statistics.median(t) - base) * 1000:.1f} ms |")
+    # Each round's eskrun against the same round's floor: what eskrun adds, drift cancelled.
+    over = ""
+    if name.startswith("eskrun"):
+        floor = times[name.replace("eskrun", "floor")]
+        over = f"{statistics.median(a - b for a, b in zip(t, floor)) * 1000:+.1f} ms"
+    print(f"| {name} | {(statistics.median(t) - base) * 1000:.1f} ms | {over} |")
 PY
