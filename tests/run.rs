@@ -23,6 +23,18 @@ fn output(mut cmd: Command) -> (i32, String, String) {
     )
 }
 
+/// `cmd`, run with the user's umask set to `umask`.
+fn with_umask(mut cmd: Command, umask: u32) -> Command {
+    // SAFETY: umask(2) only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            nix::libc::umask(umask);
+            Ok(())
+        })
+    };
+    cmd
+}
+
 fn sh_image(w: &World) -> std::path::PathBuf {
     w.image_config(json!({"Cmd": ["sh"]}))
 }
@@ -327,15 +339,7 @@ fn the_etc_files_are_the_containers_own() {
         let run = |args: &[&str], script: &str| {
             let mut full = args.to_vec();
             full.extend(["img", "sh", "-c", script]);
-            let mut cmd = w.run(&img, &full);
-            // SAFETY: umask(2) only, between fork and exec.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                    nix::libc::umask(0o077);
-                    Ok(())
-                })
-            };
-            output(cmd)
+            output(with_umask(w.run(&img, &full), 0o077))
         };
         let (code, out, err) = run(
             &[
@@ -393,15 +397,8 @@ fn an_untouched_writable_layer_serves_the_next_container() {
             })
         };
         let run = |script: &str, umask: u32| {
-            let mut cmd = w.run(&img, &["--rm", "img", "sh", "-c", script]);
-            // SAFETY: umask(2) only, between fork and exec.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                    nix::libc::umask(umask);
-                    Ok(())
-                })
-            };
-            let (code, out, err) = output(cmd);
+            let cmd = w.run(&img, &["--rm", "img", "sh", "-c", script]);
+            let (code, out, err) = output(with_umask(cmd, umask));
             assert_eq!(code, 0, "{who:?}: {script}: {err}");
             // Not the fallback that copies the layers (a work directory overlayfs refuses).
             assert!(!err.contains("copying"), "{who:?}: {script}: {err}");
