@@ -200,8 +200,9 @@ impl Cleaner {
     }
 }
 
-/// Removes the tree at `path` entry by entry until `halt` says to stop. Returns whether
-/// the cleaner may go on (the tree is gone, or another eskrun removed it first).
+/// Removes the tree at `path` entry by entry until `halt` says to stop; `false` when it
+/// stopped. What cannot be removed (another eskrun removed it first, or it is not ours) is
+/// passed over.
 fn remove_until(path: &Path, halt: &dyn Fn() -> bool) -> bool {
     if let Ok(entries) = std::fs::read_dir(path) {
         for entry in entries.flatten() {
