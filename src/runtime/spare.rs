@@ -19,7 +19,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -162,6 +162,8 @@ const TRASH_KEEP: usize = 8;
 /// wait for it.
 pub struct Cleaner {
     stop: Arc<AtomicBool>,
+    /// Trash entries not yet removed.
+    left: Arc<AtomicUsize>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -176,27 +178,35 @@ impl Cleaner {
             return None;
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let asked = Arc::clone(&stop);
+        let left = Arc::new(AtomicUsize::new(entries.len()));
+        let (asked, count) = (Arc::clone(&stop), Arc::clone(&left));
         let thread = std::thread::Builder::new()
             .name("eskrun-clean".into())
             .spawn(move || {
-                let mut left = entries.len();
                 for entry in entries {
-                    let halt = || left <= TRASH_KEEP && asked.load(Ordering::Relaxed);
+                    let halt = || {
+                        count.load(Ordering::Relaxed) <= TRASH_KEEP && asked.load(Ordering::Relaxed)
+                    };
                     if !remove_until(&entry, &halt) {
                         return;
                     }
-                    left -= 1;
+                    count.fetch_sub(1, Ordering::Relaxed);
                 }
             })
             .ok()?;
-        Some(Cleaner { stop, thread })
+        Some(Cleaner { stop, left, thread })
     }
 
-    /// Stops before its next removal (once the trash is small enough) and waits for that.
+    /// Stops it before its next removal once the trash is small enough, waiting for that only
+    /// while it is not: the removal under way (a discard, up to ~0.25 ms here) ends while
+    /// eskrun removes its container and exits (the kernel ends a process only once each of
+    /// its threads is out of its system call). A tree cut short there is finished by a later
+    /// cleaner.
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
+        if self.left.load(Ordering::Relaxed) > TRASH_KEEP {
+            let _ = self.thread.join();
+        }
     }
 }
 
