@@ -183,7 +183,6 @@ impl Cleaner {
         let thread = std::thread::Builder::new()
             .name("eskrun-clean".into())
             .spawn(move || {
-                lowest_priority();
                 for entry in entries {
                     let halt = || {
                         count.load(Ordering::Relaxed) <= TRASH_KEEP && asked.load(Ordering::Relaxed)
@@ -202,25 +201,13 @@ impl Cleaner {
     /// while it is not: the removal under way (a discard, up to ~0.25 ms here) ends while
     /// eskrun removes its container and exits (the kernel ends a process only once each of
     /// its threads is out of its system call). A tree cut short there is finished by a later
-    /// cleaner. On a machine kept busy by other work the low-priority cleaner may fall behind,
-    /// and eskrun then waits here for it to bring the trash back to `TRASH_KEEP` entries.
+    /// cleaner.
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         if self.left.load(Ordering::Relaxed) > TRASH_KEEP {
             let _ = self.thread.join();
         }
     }
-}
-
-/// Gives the calling thread the lowest priority (nice 19; on Linux the nice value is the
-/// thread's own): a task that wakes up gets its core first. At normal priority the cleaner
-/// competed with the container's processes and with eskrun's own wake-up when the container
-/// ends (this kind of host has 2 cores): 0.8-1.3 ms a `run --rm true` in a loop, paired
-/// rounds. Its work is mostly waiting for discards, so it still keeps up. `SCHED_IDLE` gained
-/// as much but could starve it on a busy machine. A failure leaves it at normal priority.
-fn lowest_priority() {
-    // SAFETY: setpriority(2) on the calling thread (0); no memory is passed.
-    unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 19) };
 }
 
 /// Removes the tree at `path` entry by entry until `halt` says to stop; `false` when it
