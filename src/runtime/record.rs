@@ -143,7 +143,8 @@ fn read_init(dir: &Path) -> Option<(i32, u64)> {
 }
 
 /// Replaces `path`'s content in place (made if missing): an existing file keeps its inode and
-/// disk block, written over from the start and cut to length.
+/// disk block, written over from the start and cut to length only when it was longer (a
+/// truncate is an inode update even to the same length, and `init` never changes length).
 fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut file = fs_err::OpenOptions::new()
@@ -152,7 +153,9 @@ fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
         .truncate(false)
         .open(path)?;
     file.write_all(bytes)?;
-    file.set_len(bytes.len() as u64)?;
+    if file.metadata()?.len() > bytes.len() as u64 {
+        file.set_len(bytes.len() as u64)?;
+    }
     Ok(())
 }
 
@@ -228,4 +231,23 @@ fn records() -> Result<Vec<(PathBuf, Record)>> {
         records.push((path, record));
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overwrite_keeps_the_inode_and_cuts_to_length() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("container.json");
+        overwrite(&f, b"a longer first record").unwrap();
+        let ino = std::fs::metadata(&f).unwrap().ino();
+        overwrite(&f, b"shorter").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"shorter");
+        overwrite(&f, b"longer again").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"longer again");
+        assert_eq!(std::fs::metadata(&f).unwrap().ino(), ino);
+    }
 }
