@@ -2,6 +2,7 @@
 //! container's own upper directory, mounted in eskrun's private mount namespace (so it goes
 //! away with eskrun, whatever happens to it). Nothing is copied, whatever the image size.
 
+use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -51,12 +52,16 @@ pub fn init_layer(
     mounts: &[Mount],
     provided: &[PathBuf],
 ) -> Result<(PathBuf, Vec<PathBuf>)> {
-    let init = scratch.join("init");
-    fs_err::create_dir(&init)?;
+    let mut init = InitLayer {
+        dir: scratch.join("init"),
+        layers,
+        seen: crate::spec::LayerLookups::default(),
+        made: HashSet::new(),
+        mirrored: Vec::new(),
+    };
+    fs_err::create_dir(&init.dir)?;
     let mut done: Vec<&Path> = Vec::new();
     let mut placed = Vec::new();
-    // Directories that take the image's times, set once their entries are made.
-    let mut mirrored = Vec::new();
     for m in mounts {
         let dst = m.destination();
         // Inside an earlier mount, not in the root.
@@ -73,22 +78,22 @@ pub fn init_layer(
             Some(src) if !src.is_dir() => Point::EmptyFile,
             _ => Point::Dir,
         };
-        if add_mount_point(&init, layers, dst, point, &mut mirrored)? {
+        if init.add_mount_point(dst, point)? {
             placed.extend(bound.map(Path::to_path_buf));
         }
     }
-    for (dir, meta) in mirrored {
+    for (dir, meta) in &init.mirrored {
         use std::os::unix::fs::MetadataExt;
         let time = |s, ns| nix::sys::time::TimeSpec::new(s, ns);
         let _ = nix::sys::stat::utimensat(
             None,
-            &dir,
+            dir,
             &time(meta.atime(), meta.atime_nsec()),
             &time(meta.mtime(), meta.mtime_nsec()),
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
         );
     }
-    Ok((init, placed))
+    Ok((init.dir, placed))
 }
 
 /// What the init layer holds at a mount's destination.
@@ -99,74 +104,86 @@ enum Point<'a> {
     Content(&'a Path),
 }
 
-/// Makes `dst`'s mount point, and the directories on its way, in `init`. Returns whether it
-/// placed a [`Point::Content`] file.
-fn add_mount_point(
-    init: &Path,
-    layers: &[PathBuf],
-    dst: &Path,
-    point: Point,
-    mirrored: &mut Vec<(PathBuf, std::fs::Metadata)>,
-) -> Result<bool> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    let mut rel = PathBuf::new();
-    let mut steps = Vec::new();
-    for comp in dst.components() {
-        if let Component::Normal(c) = comp {
-            rel.push(c);
-            let in_image =
-                crate::spec::image_entry(layers, &rel.to_string_lossy())?.map(|(_, m)| m);
-            steps.push((rel.clone(), in_image));
-        }
-    }
-    let Some(((_, leaf), parents)) = steps.split_last() else {
-        return Ok(false);
-    };
-    // Behind a symlink or a file of the image; or a mount point the image has.
-    if parents
-        .iter()
-        .any(|(_, m)| m.as_ref().is_some_and(|m| !m.is_dir()))
-        || (leaf.is_some() && !matches!(point, Point::Content(_)))
-    {
-        return Ok(false);
-    }
-    let new_dir = |at: &Path| {
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(at)
-            .with_context(|| format!("creating {}", at.display()))
-    };
-    for (rel, in_image) in parents {
-        let at = init.join(rel);
-        if at.exists() {
-            continue;
-        }
-        match in_image {
-            Some(meta) => {
-                fs_err::create_dir(&at)?;
-                // As the image has it; the ids exist unless the mapping lacks them.
-                let _ = std::os::unix::fs::lchown(&at, Some(meta.uid()), Some(meta.gid()));
-                fs_err::set_permissions(
-                    &at,
-                    std::fs::Permissions::from_mode(meta.mode() & 0o7777),
-                )?;
-                mirrored.push((at, meta.clone()));
+/// The init layer being made. `made` and `seen` spare asking the filesystem twice about the
+/// same path (`etc` is on the way to three provided files): ~15 system calls on the cache's
+/// long paths fewer a start.
+struct InitLayer<'a> {
+    dir: PathBuf,
+    layers: &'a [PathBuf],
+    /// What the image's layers have, as looked up so far.
+    seen: crate::spec::LayerLookups,
+    /// What is in `dir` so far: only [`init_layer`] makes anything there.
+    made: HashSet<PathBuf>,
+    /// Directories that take the image's times, set once their entries are made.
+    mirrored: Vec<(PathBuf, std::fs::Metadata)>,
+}
+
+impl InitLayer<'_> {
+    /// Makes `dst`'s mount point, and the directories on its way. Returns whether it placed
+    /// a [`Point::Content`] file.
+    fn add_mount_point(&mut self, dst: &Path, point: Point) -> Result<bool> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let mut rel = PathBuf::new();
+        let mut steps = Vec::new();
+        for comp in dst.components() {
+            if let Component::Normal(c) = comp {
+                rel.push(c);
+                let in_image =
+                    crate::spec::image_entry(self.layers, &rel.to_string_lossy(), &mut self.seen)?
+                        .map(|(_, m)| m);
+                steps.push((rel.clone(), in_image));
             }
-            None => new_dir(&at)?,
         }
-    }
-    let at = init.join(&rel);
-    match point {
-        Point::Content(src) => {
-            // The same tmpfs: a link, not a copy.
-            fs_err::hard_link(src, &at)?;
-            return Ok(true);
+        let Some(((_, leaf), parents)) = steps.split_last() else {
+            return Ok(false);
+        };
+        // Behind a symlink or a file of the image; or a mount point the image has.
+        if parents
+            .iter()
+            .any(|(_, m)| m.as_ref().is_some_and(|m| !m.is_dir()))
+            || (leaf.is_some() && !matches!(point, Point::Content(_)))
+        {
+            return Ok(false);
         }
-        Point::EmptyFile => drop(fs_err::File::create(&at)?),
-        Point::Dir if !at.exists() => new_dir(&at)?,
-        Point::Dir => {}
+        let new_dir = |at: &Path| {
+            std::fs::DirBuilder::new()
+                .mode(0o755)
+                .create(at)
+                .with_context(|| format!("creating {}", at.display()))
+        };
+        for (rel, in_image) in parents {
+            let at = self.dir.join(rel);
+            if !self.made.insert(at.clone()) {
+                continue;
+            }
+            match in_image {
+                Some(meta) => {
+                    fs_err::create_dir(&at)?;
+                    // As the image has it; the ids exist unless the mapping lacks them.
+                    let _ = std::os::unix::fs::lchown(&at, Some(meta.uid()), Some(meta.gid()));
+                    fs_err::set_permissions(
+                        &at,
+                        std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+                    )?;
+                    self.mirrored.push((at, meta.clone()));
+                }
+                None => new_dir(&at)?,
+            }
+        }
+        let at = self.dir.join(&rel);
+        let new = self.made.insert(at.clone());
+        match point {
+            Point::Content(src) => {
+                // The same tmpfs: a link, not a copy.
+                fs_err::hard_link(src, &at)?;
+                return Ok(true);
+            }
+            Point::EmptyFile => drop(fs_err::File::create(&at)?),
+            Point::Dir if new => new_dir(&at)?,
+            Point::Dir => {}
+        }
+        Ok(false)
     }
-    Ok(false)
 }
 
 /// Mounts `layers` (lowest first) at `target` with `upper`/`work` as the writable part.

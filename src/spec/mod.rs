@@ -16,7 +16,9 @@ use oci_spec::runtime::{
 };
 
 pub use mounts::{parse_mount, parse_tmpfs, parse_volume, UserMount};
-pub use user::{image_entry, is_opaque, read_image_file, resolve as resolve_user, User};
+pub use user::{
+    image_entry, is_opaque, read_image_file, resolve as resolve_user, LayerLookups, User,
+};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

@@ -2,6 +2,7 @@
 //! /etc/group, read straight from the unpacked layers (topmost first, honouring whiteouts and
 //! opaque directories) so no rootfs has to be mounted to know the ids.
 
+use std::collections::HashMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
@@ -21,8 +22,9 @@ pub struct User {
 /// Resolves `spec` (`""` means root) against the image's files. A name missing from
 /// /etc/passwd (or /etc/group) is an error, as in Docker; a numeric id needs no entry.
 pub fn resolve(spec: &str, layers: &[PathBuf]) -> Result<User> {
-    let passwd = read_image_file(layers, "etc/passwd")?.unwrap_or_default();
-    let group = read_image_file(layers, "etc/group")?.unwrap_or_default();
+    let mut seen = LayerLookups::default();
+    let passwd = read_image_file(layers, "etc/passwd", &mut seen)?.unwrap_or_default();
+    let group = read_image_file(layers, "etc/group", &mut seen)?.unwrap_or_default();
     let (user_part, group_part) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -75,7 +77,8 @@ pub fn resolve_groups(groups: &[String], layers: &[PathBuf]) -> Result<Vec<u32>>
     if groups.is_empty() {
         return Ok(Vec::new());
     }
-    let table = read_image_file(layers, "etc/group")?.unwrap_or_default();
+    let table =
+        read_image_file(layers, "etc/group", &mut LayerLookups::default())?.unwrap_or_default();
     groups.iter().map(|g| group_id(g, &table)).collect()
 }
 
@@ -101,22 +104,39 @@ fn parse_id(s: &str, what: &str, file: &str) -> Result<u32> {
 }
 
 /// Reads `rel` (relative, no `..`) as the overlay of `layers` (lowest first) would show it.
-pub fn read_image_file(layers: &[PathBuf], rel: &str) -> Result<Option<String>> {
-    match image_entry(layers, rel)? {
-        Some((path, meta)) if meta.is_file() => fs_err::read(&path)
-            .map(|b| Some(String::from_utf8_lossy(&b).into_owned()))
-            .map_err(Into::into),
-        _ => Ok(None),
+pub fn read_image_file(
+    layers: &[PathBuf],
+    rel: &str,
+    seen: &mut LayerLookups,
+) -> Result<Option<String>> {
+    use std::io::Read;
+    let Some((path, meta)) = image_entry(layers, rel, seen)? else {
+        return Ok(None);
+    };
+    if !meta.is_file() {
+        return Ok(None);
     }
+    // Its size is known: read into room for it (and the end), without `fs::read`'s own
+    // stat and seek for a size hint.
+    let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
+    fs_err::File::open(&path)?
+        .take(u64::MAX)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// The entry `rel` (relative, no `..`) names in the overlay of `layers` (lowest first), of
 /// any type, with the layer file that provides it. `None` when it is missing or whited out.
 /// A symlink on the way is not followed (it would resolve inside the container): `None`.
-pub fn image_entry(layers: &[PathBuf], rel: &str) -> Result<Option<(PathBuf, std::fs::Metadata)>> {
+pub fn image_entry(
+    layers: &[PathBuf],
+    rel: &str,
+    seen: &mut LayerLookups,
+) -> Result<Option<(PathBuf, std::fs::Metadata)>> {
     let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
     for layer in layers.iter().rev() {
-        match lookup_in_layer(layer, &comps)? {
+        match lookup_in_layer(layer, &comps, seen)? {
             Found::Entry(path, meta) => return Ok(Some((path, meta))),
             Found::Hidden => return Ok(None),
             Found::NotHere => {}
@@ -132,14 +152,45 @@ enum Found {
     NotHere,
 }
 
-fn lookup_in_layer(layer: &Path, comps: &[&str]) -> Result<Found> {
+/// What was learnt of layer files while looking entries up, so that the lookups of one start
+/// (the user's files, the init layer's mount points) ask the filesystem about each directory
+/// once: `etc` is on the way to every file in it, each time a stat and two xattr reads on the
+/// cache's long paths.
+#[derive(Default)]
+pub struct LayerLookups {
+    meta: HashMap<PathBuf, Option<std::fs::Metadata>>,
+    opaque: HashMap<PathBuf, bool>,
+}
+
+impl LayerLookups {
+    /// `path`'s own metadata (a symlink is not followed), `None` when it does not exist.
+    fn meta(&mut self, path: &Path) -> Result<Option<std::fs::Metadata>> {
+        if let Some(known) = self.meta.get(path) {
+            return Ok(known.clone());
+        }
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        self.meta.insert(path.to_path_buf(), meta.clone());
+        Ok(meta)
+    }
+
+    fn opaque(&mut self, dir: &Path) -> bool {
+        *self
+            .opaque
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| is_opaque(dir))
+    }
+}
+
+fn lookup_in_layer(layer: &Path, comps: &[&str], seen: &mut LayerLookups) -> Result<Found> {
     let mut path = layer.to_path_buf();
     for (i, comp) in comps.iter().enumerate() {
         path.push(comp);
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::NotHere),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        let Some(meta) = seen.meta(&path)? else {
+            return Ok(Found::NotHere);
         };
         let ft = meta.file_type();
         if ft.is_char_device()
@@ -153,9 +204,9 @@ fn lookup_in_layer(layer: &Path, comps: &[&str]) -> Result<Found> {
         if !ft.is_dir() {
             return Ok(Found::Hidden);
         }
-        if is_opaque(&path) {
+        if seen.opaque(&path) {
             // Lower layers are hidden below this directory: only this layer can have it.
-            return match lookup_in_layer(&path, &comps[i + 1..])? {
+            return match lookup_in_layer(&path, &comps[i + 1..], seen)? {
                 Found::NotHere => Ok(Found::Hidden),
                 other => Ok(other),
             };
@@ -243,7 +294,8 @@ mod tests {
         )
         .unwrap();
         let layers = vec![low.path().to_path_buf(), wh.path().to_path_buf()];
-        assert_eq!(read_image_file(&layers, "etc/passwd").unwrap(), None);
+        let none = read_image_file(&layers, "etc/passwd", &mut LayerLookups::default());
+        assert_eq!(none.unwrap(), None);
         assert!(resolve("esdev", &layers).is_err());
     }
 }
